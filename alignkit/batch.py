@@ -1,0 +1,26 @@
+"""Frozen batch dataclasses, one per recipe input; every field has its shape.
+
+B batch rows, L padded sequence length. Masks are 1 where a token counts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+import torch
+from torch import Tensor
+
+
+@dataclass(frozen=True)
+class SFTBatch:
+    input_ids: Tensor  # (B, L) token ids, right-padded (or packed rows)
+    attention_mask: Tensor | None  # (B, L) 1 on real tokens; None for packed rows (positions delimit examples)
+    position_ids: Tensor  # (B, L) 0.. per example; restarts at each packed example
+    loss_mask: Tensor  # (B, L) 1 where the token at that position is a trained target
+
+    def to(self, device: torch.device | str) -> SFTBatch:
+        return type(self)(**{f.name: _move(getattr(self, f.name), device) for f in fields(self)})
+
+
+def _move(value, device):
+    return value.to(device) if isinstance(value, Tensor) else value

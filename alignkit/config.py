@@ -1,0 +1,240 @@
+"""YAML -> typed, frozen, validated config objects.
+
+Every recipe has one config class built from shared sections (``model``, ``data``, ``train``, ``run``). Each field
+carries a one-line description (it is what ``alignkit <recipe> --help`` prints) and a default that works on the
+demo. Errors name the file, the line when it can be found, the dotted key, the value and what was expected; an
+unknown key suggests the closest valid one.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class ConfigError(ValueError):
+    """A config that cannot be used; the message says which key and why."""
+
+
+class Section(BaseModel):
+    """Base of every config section: unknown keys are errors, objects are frozen once validated."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+
+class ModelConfig(Section):
+    name_or_path: str = Field("demo:base", description="Hugging Face hub id, local folder, or demo:base / demo:sft (the built-in tiny model)")
+    revision: str | None = Field(None, description="hub revision (branch, tag or commit) to load")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field("auto", description="weights dtype; auto = bfloat16 on a GPU that supports it, else float32")
+    device: Literal["auto", "cpu", "cuda", "mps"] = Field("auto", description="where to run; auto picks cuda, then mps, then cpu")
+    trust_remote_code: bool = Field(False, description="allow model code from the hub repository to run (off: only trusted architectures)")
+    attn_implementation: str | None = Field(None, description="attention kernel passed to transformers (sdpa, eager, flash_attention_2); None = its default")
+    adapter: Literal["none", "lora", "qlora"] = Field("none", description="none = full fine-tuning; lora = peft LoRA; qlora = LoRA on a 4-bit NF4 base (CUDA only)")
+    lora_r: int = Field(16, ge=1, description="LoRA rank")
+    lora_alpha: float = Field(32.0, gt=0, description="LoRA scaling numerator (update scale = alpha / r)")
+    lora_dropout: float = Field(0.0, ge=0, lt=1, description="dropout on the LoRA input")
+    lora_target_modules: list[str] | str = Field("all-linear", description="module names to adapt, or all-linear")
+    gradient_checkpointing: bool = Field(False, description="recompute activations in backward to save memory (slower)")
+
+
+class DataConfig(Section):
+    train: str = Field("demo:sft", description="training data: .jsonl/.json/.parquet/.csv file, hub dataset name, or demo:<set>")
+    eval: str | None = Field(None, description="separate eval data; None = split eval_fraction off train")
+    eval_fraction: float = Field(0.05, ge=0, lt=1, description="fraction of train held out for eval when eval is not given")
+    format: str = Field("auto", description="record format (see README, Data formats); auto detects it from the first record")
+    split: str = Field("train", description="split to read for hub datasets")
+    subset: str | None = Field(None, description="configuration name for hub datasets")
+    max_length: int = Field(512, ge=8, description="maximum tokens per example (prompt + response)")
+    overlong: Literal["truncate", "drop"] = Field("truncate", description="what to do with longer examples: cut the end, or drop them (counts are reported)")
+    loss_on: Literal["assistant", "last_turn"] = Field("assistant", description="train on every assistant turn, or only the last one")
+    packing: bool = Field(False, description="pack several short examples into one row (no cross-example attention)")
+
+
+class TrainConfig(Section):
+    epochs: float = Field(1.0, gt=0, description="passes over the training data (ignored when max_steps > 0)")
+    max_steps: int = Field(0, ge=0, description="optimizer steps to run; 0 = derive from epochs")
+    batch_size: int = Field(8, ge=1, description="examples per micro-batch per device")
+    grad_accum: int = Field(1, ge=1, description="micro-batches accumulated per optimizer step")
+    lr: float = Field(2e-5, gt=0, description="peak learning rate")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW decoupled weight decay")
+    adam_betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW beta1, beta2")
+    warmup_ratio: float = Field(0.03, ge=0, lt=1, description="fraction of steps with linear warm-up (used when warmup_steps = 0)")
+    warmup_steps: int = Field(0, ge=0, description="warm-up steps; overrides warmup_ratio when > 0")
+    schedule: Literal["cosine", "linear", "constant"] = Field("cosine", description="learning-rate decay after warm-up")
+    max_grad_norm: float = Field(1.0, ge=0, description="clip the global gradient norm to this; 0 = no clipping")
+    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = Field("auto", description="autocast on GPU; auto = bf16 when supported, no on CPU")
+    seed: int = Field(0, description="seed for data order, initialisation and sampling")
+
+
+class RunConfig(Section):
+    output_dir: str = Field("runs/{recipe}-{time}", description="run folder; {recipe} and {time} are filled in")
+    log_every: int = Field(1, ge=1, description="log metrics every N optimizer steps")
+    eval_every: int = Field(0, ge=0, description="evaluate every N steps; 0 = only at the end")
+    save_every: int = Field(0, ge=0, description="checkpoint every N steps; 0 = only at the end")
+    keep_checkpoints: int = Field(2, ge=1, description="how many step checkpoints to keep (oldest deleted first)")
+    sample_every: int = Field(0, ge=0, description="write sample generations every N steps; 0 = only at the end")
+    num_samples: int = Field(4, ge=0, description="eval prompts to generate for in each sample round")
+    sample_max_new_tokens: int = Field(64, ge=1, description="token budget of each sample generation")
+    threads: int = Field(0, ge=0, description="CPU threads for torch; 0 = torch's default")
+    report_to: list[Literal["tensorboard", "wandb"]] = Field(default_factory=list, description="extra trackers, when installed")
+    merge_adapter: bool = Field(False, description="also save the LoRA adapter merged into the base weights (final/merged)")
+    progress: bool = Field(True, description="show a progress bar")
+
+
+class SFTConfig(Section):
+    """Supervised fine-tuning: next-token loss on the response tokens."""
+
+    model: ModelConfig = Field(default_factory=ModelConfig, description="the model to train")
+    data: DataConfig = Field(default_factory=DataConfig, description="training and eval data")
+    train: TrainConfig = Field(default_factory=TrainConfig, description="optimisation")
+    run: RunConfig = Field(default_factory=RunConfig, description="outputs, logging, checkpoints")
+
+    @model_validator(mode="after")
+    def _check(self) -> SFTConfig:
+        if self.model.adapter == "none" and self.run.merge_adapter:
+            raise ValueError("run.merge_adapter needs model.adapter = lora or qlora")
+        return self
+
+
+C = TypeVar("C", bound=Section)
+
+
+# ----------------------------------------------------------------------------------------------- loading
+def parse_overrides(pairs: list[str]) -> dict[str, Any]:
+    """``["train.lr=1e-4", "data.packing=true"]`` -> nested dict; values are parsed as YAML scalars/lists."""
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise ConfigError(f'override "{pair}" must look like key=value, e.g. train.lr=1e-4')
+        key, raw = pair.split("=", 1)
+        node = out
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f'override "{pair}": "{part}" is set twice')
+        node[parts[-1]] = _scalar(raw)
+    return out
+
+
+def _scalar(raw: str) -> Any:
+    """A YAML value; also reads 1e-4 as a float (YAML 1.1 wants 1.0e-4, which surprises everyone)."""
+    if not raw.strip():
+        return ""
+    value = yaml.safe_load(raw)
+    if isinstance(value, str):
+        try:
+            return float(value) if any(c in value.lower() for c in ".e") else value
+        except ValueError:
+            return value
+    return value
+
+
+def deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """Return base with extra merged in, recursively for nested dicts (extra wins)."""
+    merged = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def read_yaml(path: str | Path) -> tuple[dict[str, Any], yaml.Node | None]:
+    """The mapping in a YAML file and its node tree (for line numbers in errors)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    text = path.read_text()
+    try:
+        node = yaml.compose(text)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if data is None:
+        return {}, None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections (model:, data:, ...), got {type(data).__name__}")
+    return data, node
+
+
+def load_config(cls: type[C], path: str | Path | None = None, overrides: list[str] | None = None,
+                base: dict[str, Any] | None = None) -> C:
+    """Build a validated ``cls`` from an optional YAML file, an optional base dict and ``key=value`` overrides."""
+    data, node = read_yaml(path) if path is not None else ({}, None)
+    data = deep_merge(base or {}, data)
+    data = deep_merge(data, parse_overrides(overrides or []))
+    return validate(cls, data, source=str(path) if path else "<overrides>", node=node)
+
+
+def validate(cls: type[C], data: dict[str, Any], source: str = "<config>", node: yaml.Node | None = None) -> C:
+    """Validate a plain dict into ``cls``; pydantic's errors become one readable line each."""
+    try:
+        return cls.model_validate(data)
+    except ValidationError as exc:
+        lines = [_describe(cls, err, source, node) for err in exc.errors()]
+        raise ConfigError("\n".join(lines)) from None
+
+
+def _describe(cls: type[Section], err: dict[str, Any], source: str, node: yaml.Node | None) -> str:
+    loc = tuple(str(p) for p in err["loc"])
+    key = ".".join(loc) if loc else "(top level)"
+    line = _line_of(node, loc)
+    where = f"{source} line {line}" if line else source
+    if err["type"] == "extra_forbidden":
+        valid = _keys_at(cls, loc[:-1])
+        close = difflib.get_close_matches(loc[-1], valid, n=1, cutoff=0.5)
+        hint = f' (did you mean "{".".join(loc[:-1] + (close[0],))}"?)' if close else f" (valid keys here: {', '.join(valid)})"
+        return f'{where}: unknown key "{key}"{hint}'
+    if err["type"] == "value_error" and not loc:
+        return f"{where}: {err['msg'].removeprefix('Value error, ')}"
+    return f'{where}: key "{key}" = {err.get("input")!r} is invalid: {err["msg"]}'
+
+
+def _keys_at(cls: type[Section], loc: tuple[str, ...]) -> list[str]:
+    current: Any = cls
+    for part in loc:
+        field = getattr(current, "model_fields", {}).get(part)
+        if field is None:
+            return []
+        current = field.annotation
+    return list(getattr(current, "model_fields", {}))
+
+
+def _line_of(node: yaml.Node | None, loc: tuple[str, ...]) -> int | None:
+    """1-based line of the deepest key of ``loc`` found in the YAML node tree."""
+    line = None
+    for part in loc:
+        if not isinstance(node, yaml.MappingNode):
+            break
+        for key_node, value_node in node.value:
+            if key_node.value == part:
+                line, node = key_node.start_mark.line + 1, value_node
+                break
+        else:
+            break
+    return line
+
+
+def dump_config(cfg: Section) -> str:
+    """The resolved config as YAML, every field present (what a run folder's config.yaml holds)."""
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+
+
+def describe_fields(cls: type[Section], prefix: str = "") -> list[tuple[str, str, str]]:
+    """(dotted key, default, description) for every leaf field, in declaration order: the --help table."""
+    rows = []
+    for name, field in cls.model_fields.items():
+        key = f"{prefix}{name}"
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, Section):
+            rows.extend(describe_fields(annotation, key + "."))
+        else:
+            default = field.get_default(call_default_factory=True)
+            rows.append((key, repr(default) if not isinstance(default, str) else default, field.description or ""))
+    return rows

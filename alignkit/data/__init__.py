@@ -1,0 +1,1 @@
+"""Data: record formats, loading and validation, chat templates and loss masks, collators."""

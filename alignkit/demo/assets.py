@@ -1,0 +1,60 @@
+"""``demo:`` names: the demo world's data files and models, built on first use into one folder.
+
+The folder is ``$ALIGNKIT_DEMO_DIR`` or ``~/.cache/alignkit/demo-v1``. Everything in it is built from seeds in code
+(no downloads); each piece is built into a temporary folder and renamed into place, so an interrupted build is
+rebuilt rather than half-used.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from ..checkpoint import atomic_dir
+from .world import WorldPaths, build_world
+
+VERSION = "v1"
+DATA_SETS = {  # demo:<name> as a data source -> WorldPaths attribute
+    "sft": "sft", "prefs": "prefs", "prefs_eval": "prefs_eval", "ranked": "ranked", "kto": "kto",
+    "prompts": "prompts_train", "prompts_eval": "prompts_eval",
+}
+MODELS = ("base", "sft")
+
+
+def demo_root() -> Path:
+    return Path(os.environ.get("ALIGNKIT_DEMO_DIR") or Path.home() / ".cache" / "alignkit" / f"demo-{VERSION}")
+
+
+def demo_world() -> WorldPaths:
+    """The demo world's files (seed 0), built if missing."""
+    root = demo_root() / "world"
+    if not (root / "world.json").is_file():
+        with atomic_dir(root) as tmp:
+            build_world(tmp, seed=0)
+    return WorldPaths.at(root)
+
+
+def demo_data(name: str) -> Path:
+    if name not in DATA_SETS:
+        raise ValueError(f'unknown demo data set "demo:{name}"; known: {", ".join("demo:" + n for n in DATA_SETS)}')
+    return getattr(demo_world(), DATA_SETS[name])
+
+
+def demo_model(name: str) -> Path:
+    """demo:base = the untrained tiny model; demo:sft = it after the demo's SFT run (trained on first use)."""
+    if name not in MODELS:
+        raise ValueError(f'unknown demo model "demo:{name}"; known: {", ".join("demo:" + n for n in MODELS)}')
+    path = demo_root() / f"{name}-model"
+    if (path / "config.json").is_file():
+        return path
+    if name == "base":
+        from .tiny import build_base_model
+
+        world = demo_world()
+        with atomic_dir(path) as tmp:
+            build_base_model(tmp, world, seed=0)
+        return path
+    from .run import train_demo_sft
+
+    train_demo_sft(demo_root() / "runs" / "sft", final_copy=path)
+    return path

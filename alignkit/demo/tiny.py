@@ -1,0 +1,142 @@
+"""A tiny tokenizer and Llama model built from scratch, so the demo and the tests run offline in seconds.
+
+Why from scratch: no download, no cache, and a model small enough (~0.85M parameters) that every recipe trains it on
+a CPU in seconds. The result is an ordinary Hugging Face folder, so the rest of alignkit loads it exactly as it
+would load a real checkpoint (``AutoModelForCausalLM`` / ``AutoTokenizer``); nothing downstream special-cases it.
+
+The model is *untrained*: ``build_base_model`` gives the random-init starting point; the SFT recipe is what teaches
+it the task (the world's SFT data plays the role of a pretraining corpus with mixed manners).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import jinja2
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+from ..data.templates import BUILTIN_END, BUILTIN_ROLE_TOKENS, BUILTIN_TEMPLATE
+from .world import WorldPaths
+
+PAD = "<|pad|>"
+SPECIAL_TOKENS = (PAD, BUILTIN_END, *BUILTIN_ROLE_TOKENS.values())  # pad is id 0, end (eos) id 1
+VOCAB_SIZE = 384  # 256 byte symbols + 5 specials + ~120 merges: enough for the world's few dozen words
+MAX_POSITIONS = 256  # the longest rendered demo conversation is well under 64 tokens
+
+_SPECIAL_RE = re.compile("|".join(re.escape(t) for t in SPECIAL_TOKENS))
+
+
+def build_tokenizer(texts: Iterable[str], vocab_size: int = VOCAB_SIZE) -> PreTrainedTokenizerFast:
+    """Train a byte-level BPE on ``texts`` and wrap it as a Hugging Face fast tokenizer.
+
+    Byte-level, so any string round-trips exactly (``decode(encode(s)) == s``) and nothing is ever unknown;
+    digits are split one per token first, because a model that sees "13" as "1", "3" can learn carrying, while
+    merged number tokens would each need to be memorised. Special-token strings inside ``texts`` are cut out before
+    training (the trainer would otherwise spend merges on "<|" and "|>"); the template's markers are added whole.
+    """
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Digits(individual_digits=True),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
+    ])
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=list(SPECIAL_TOKENS),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    pieces = (piece for text in texts for piece in _SPECIAL_RE.split(text) if piece)
+    tok.train_from_iterator(pieces, trainer)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        pad_token=PAD,
+        eos_token=BUILTIN_END,
+        additional_special_tokens=list(BUILTIN_ROLE_TOKENS.values()),
+        padding_side="right",
+        clean_up_tokenization_spaces=False,  # would rewrite " ." to "." and break the exact round trip
+        model_max_length=MAX_POSITIONS,
+    )
+    tokenizer.chat_template = BUILTIN_TEMPLATE
+    return tokenizer
+
+
+def build_tiny_model(tokenizer: PreTrainedTokenizerFast, seed: int = 0) -> LlamaForCausalLM:
+    """A seeded, randomly initialised ~0.85M-parameter Llama sized to ``tokenizer``.
+
+    The template has no BOS token (it starts with a role marker), so the tokenizer adds none; ``bos_token_id`` is
+    set to the end token only so that ``generate()`` has a start token when called without input.
+    """
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=128,
+        intermediate_size=352,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        max_position_embeddings=MAX_POSITIONS,
+        tie_word_embeddings=True,  # at this size the embedding table is a visible share of the parameters
+        attention_dropout=0.0,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=tokenizer.eos_token_id,
+    )
+    with torch.random.fork_rng(devices=[]):  # seed the init without disturbing the caller's random state
+        torch.manual_seed(seed)
+        model = LlamaForCausalLM(config)
+    for key in ("pad_token_id", "eos_token_id", "bos_token_id"):
+        setattr(model.generation_config, key, getattr(config, key))
+    return model
+
+
+def _read_jsonl(path: Path) -> Iterator[dict]:
+    with path.open(encoding="utf-8") as f:
+        for line in f:
+            yield json.loads(line)
+
+
+def world_chats(world: WorldPaths) -> Iterator[str]:
+    """Every training conversation of the world rendered through the built-in chat template.
+
+    Only training files are read: the eval prompts share the same words, so leaving them out costs nothing and
+    keeps the held-out set untouched by anything that is fitted.
+    """
+    template = jinja2.Environment(trim_blocks=True, lstrip_blocks=True).from_string(BUILTIN_TEMPLATE)
+
+    def chat(prompt: str, response: str | None = None) -> str:
+        messages = [{"role": "user", "content": prompt}]
+        if response is not None:
+            messages.append({"role": "assistant", "content": response})
+        return template.render(messages=messages, add_generation_prompt=response is None)
+
+    for r in _read_jsonl(world.sft):
+        yield chat(r["prompt"], r["response"])
+    for r in _read_jsonl(world.prefs):
+        yield chat(r["prompt"], r["chosen"])
+        yield chat(r["prompt"], r["rejected"])
+    for r in _read_jsonl(world.ranked):
+        yield from (chat(r["prompt"], response) for response in r["responses"])
+    for r in _read_jsonl(world.kto):
+        yield chat(r["prompt"], r["completion"])
+    for r in _read_jsonl(world.prompts_train):
+        yield chat(r["prompt"])
+
+
+def build_base_model(out_dir: Path, world: WorldPaths, seed: int = 0) -> Path:
+    """Train the tokenizer on the world's chats, build the tiny model, and save both as one HF folder.
+
+    Returns ``out_dir``, which ``AutoModelForCausalLM.from_pretrained`` and ``AutoTokenizer.from_pretrained`` load
+    offline. Takes about a second.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tokenizer = build_tokenizer(world_chats(world))
+    model = build_tiny_model(tokenizer, seed=seed)
+    tokenizer.save_pretrained(out_dir)
+    model.save_pretrained(out_dir)
+    return out_dir

@@ -1,0 +1,178 @@
+"""Load and save models: causal LMs from a hub id or local folder, full / LoRA / QLoRA, tokenizer alongside.
+
+Later stages add the reward model and critic here (a causal-LM backbone with a scalar head).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+
+from .checkpoint import atomic_dir
+from .config import ModelConfig
+from .data.templates import ensure_chat_template
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_device(device: str) -> torch.device:
+    """``auto`` -> cuda, then mps, then cpu; an explicit device that is absent is an error, not a silent fallback."""
+    if device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("model.device = cuda, but torch sees no CUDA device on this machine (use auto or cpu)")
+    if device == "mps" and not torch.backends.mps.is_available():
+        raise RuntimeError("model.device = mps, but this machine has no Apple MPS device (use auto or cpu)")
+    return torch.device(device)
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    """``auto`` -> bfloat16 on a GPU that supports it, else float32 (fp16 weights are never a silent default)."""
+    if dtype != "auto":
+        return DTYPES[dtype]
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float32
+
+
+def resolve_model_path(name_or_path: str) -> str:
+    """``demo:<name>`` -> the built-in tiny model's folder (built on first use); anything else unchanged."""
+    if name_or_path.startswith("demo:"):
+        from .demo.assets import demo_model
+
+        return str(demo_model(name_or_path.removeprefix("demo:")))
+    return name_or_path
+
+
+def load_tokenizer(cfg: ModelConfig, padding_side: str = "right"):
+    """The tokenizer, with a pad token and a chat template guaranteed (the built-in one when it has none)."""
+    tokenizer = AutoTokenizer.from_pretrained(
+        resolve_model_path(cfg.name_or_path), revision=cfg.revision, trust_remote_code=cfg.trust_remote_code
+    )
+    ensure_chat_template(tokenizer)
+    if tokenizer.pad_token is None:
+        # Reusing EOS as padding is safe here because loss masks never come from pad ids.
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = padding_side
+    return tokenizer
+
+
+def _quantization_config(cfg: ModelConfig, device: torch.device, dtype: torch.dtype):
+    if cfg.adapter != "qlora":
+        return None
+    if device.type != "cuda":
+        raise RuntimeError(
+            f"model.adapter = qlora needs a CUDA GPU (bitsandbytes 4-bit kernels), but the device is {device.type}. "
+            "Use adapter: lora on this machine."
+        )
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError:
+        raise RuntimeError("model.adapter = qlora needs bitsandbytes: pip install 'alignkit[qlora]'") from None
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(
+        load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=dtype
+    )
+
+
+def load_causal_lm(cfg: ModelConfig, tokenizer, device: torch.device | None = None,
+                   with_adapter: bool = True) -> PreTrainedModel:
+    """A causal LM on ``device`` in the configured dtype, wrapped with a fresh LoRA adapter when asked.
+
+    The embeddings are resized when the tokenizer gained tokens (the built-in template's markers).
+    """
+    device = device or resolve_device(cfg.device)
+    dtype = resolve_dtype(cfg.dtype, device)
+    quant = _quantization_config(cfg, device, dtype)
+    kwargs = {"dtype": dtype, "revision": cfg.revision, "trust_remote_code": cfg.trust_remote_code}
+    if cfg.attn_implementation:
+        kwargs["attn_implementation"] = cfg.attn_implementation
+    if quant is not None:
+        kwargs.update(quantization_config=quant, device_map={"": device.index or 0})
+    path = resolve_model_path(cfg.name_or_path)
+    if is_adapter_folder(path):
+        model = _load_merged_adapter(path, kwargs)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    if len(tokenizer) > model.get_input_embeddings().num_embeddings:
+        model.resize_token_embeddings(len(tokenizer))
+    if model.generation_config is not None:
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+        model.generation_config.eos_token_id = tokenizer.eos_token_id
+    if quant is None:
+        model.to(device)
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.config.use_cache = False
+    if with_adapter and cfg.adapter != "none":
+        model = add_lora(model, cfg)
+    return model
+
+
+def is_adapter_folder(path: str) -> bool:
+    """A saved LoRA adapter (adapter_config.json without a full model's config.json)."""
+    folder = Path(path)
+    return (folder / "adapter_config.json").is_file() and not (folder / "config.json").is_file()
+
+
+def _load_merged_adapter(path: str, kwargs: dict):
+    """Load an adapter folder as a plain model: its base, with the adapter merged in.
+
+    A stage that starts from an earlier stage's LoRA output (SFT -> DPO) then trains (or adapts) that merged
+    model, instead of stacking adapters.
+    """
+    from peft import AutoPeftModelForCausalLM
+
+    return AutoPeftModelForCausalLM.from_pretrained(path, **kwargs).merge_and_unload()
+
+
+def add_lora(model: PreTrainedModel, cfg: ModelConfig):
+    """Wrap ``model`` with a peft LoRA adapter (QLoRA: after preparing the 4-bit base for training)."""
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+    if cfg.adapter == "qlora":
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.gradient_checkpointing)
+    elif cfg.gradient_checkpointing:
+        model.enable_input_require_grads()  # checkpointed blocks need a grad-requiring input when the base is frozen
+    targets = cfg.lora_target_modules
+    lora = LoraConfig(
+        r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout, task_type="CAUSAL_LM",
+        target_modules=targets if isinstance(targets, str) else list(targets),
+    )
+    return get_peft_model(model, lora)
+
+
+def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
+    """(trainable, total) parameter counts."""
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return trainable, sum(p.numel() for p in model.parameters())
+
+
+def is_adapter_model(model) -> bool:
+    return hasattr(model, "peft_config")
+
+
+def save_model(model, tokenizer, path: str | Path, merge_adapter: bool = False) -> Path:
+    """Save weights (full model, or the adapter only) with the tokenizer, atomically.
+
+    With ``merge_adapter`` an adapter model is also saved merged into its base under ``path/merged`` (a plain
+    model folder for serving). The live model is not modified: merging works on a copy of the weights.
+    """
+    path = Path(path)
+    with atomic_dir(path) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        if merge_adapter and is_adapter_model(model):
+            import copy
+
+            merged = copy.deepcopy(model).merge_and_unload()
+            merged.save_pretrained(tmp / "merged", safe_serialization=True)
+            tokenizer.save_pretrained(tmp / "merged")
+    return path

@@ -1,0 +1,79 @@
+"""Generation engines. This is the only place that finds EOS and builds response masks.
+
+The HF engine left-pads prompts (so every row's next token is at the same position), runs ``model.generate`` with
+the KV cache, and cuts each response at its first EOS, keeping the EOS token itself (it is part of what the policy
+chose). Position ids under left padding are derived from the attention mask by transformers' ``generate``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    max_new_tokens: int = 64  # response token budget
+    temperature: float = 1.0  # 0 = greedy
+    top_p: float = 1.0
+    top_k: int = 0  # 0 = no top-k filter
+
+
+@dataclass(frozen=True)
+class Generation:
+    prompt_ids: tuple[int, ...]  # (P,) unpadded prompt
+    response_ids: tuple[int, ...]  # (R,) up to and including the first EOS, R <= max_new_tokens
+    text: str  # decoded response, special tokens removed
+    finished: bool  # True when the response ended with EOS (False: hit the length limit)
+
+
+def unwrap(model):
+    """The underlying model of an accelerate/DDP wrapper (generate lives there)."""
+    return getattr(model, "module", model)
+
+
+@torch.no_grad()
+def generate(model, tokenizer, prompts: Sequence[Sequence[int]], params: SamplingParams, batch_size: int = 32,
+             generator_seed: int | None = None) -> list[Generation]:
+    """Sample (or greedily decode) a response for each prompt, in batches; the model's train/eval mode is kept."""
+    model = unwrap(model)
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    if generator_seed is not None:
+        torch.manual_seed(generator_seed)
+    eos = tokenizer.eos_token_id
+    out: list[Generation] = []
+    try:
+        for start in range(0, len(prompts), batch_size):
+            chunk = [list(p) for p in prompts[start : start + batch_size]]
+            width = max(len(p) for p in chunk)
+            ids = torch.full((len(chunk), width), tokenizer.pad_token_id, dtype=torch.long)
+            attention = torch.zeros_like(ids)
+            for row, p in enumerate(chunk):
+                ids[row, width - len(p):] = torch.tensor(p)
+                attention[row, width - len(p):] = 1
+            sampled = params.temperature > 0
+            output = model.generate(
+                input_ids=ids.to(device), attention_mask=attention.to(device), max_new_tokens=params.max_new_tokens,
+                do_sample=sampled, temperature=params.temperature if sampled else None,
+                top_p=params.top_p if sampled else None, top_k=params.top_k if sampled else None,
+                eos_token_id=eos, pad_token_id=tokenizer.pad_token_id, use_cache=True,
+            )
+            for p, row in zip(chunk, output[:, width:].tolist()):
+                response, finished = cut_at_eos(row, eos)
+                text = tokenizer.decode(response, skip_special_tokens=True)
+                out.append(Generation(tuple(p), tuple(response), text, finished))
+    finally:
+        model.train(was_training)
+    return out
+
+
+def cut_at_eos(tokens: Sequence[int], eos_id: int) -> tuple[list[int], bool]:
+    """Tokens up to and including the first EOS, and whether an EOS was found."""
+    tokens = list(tokens)
+    if eos_id in tokens:
+        return tokens[: tokens.index(eos_id) + 1], True
+    return tokens, False

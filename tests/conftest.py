@@ -1,0 +1,41 @@
+"""Shared fixtures. The demo world, tiny model and demo SFT model are built once per test session, offline."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+
+@pytest.fixture(scope="session", autouse=True)
+def demo_dir(tmp_path_factory) -> Path:
+    """Every ``demo:`` name resolves inside this session's temporary folder (never the user's cache)."""
+    path = Path(os.environ.get("ALIGNKIT_TEST_DEMO_DIR") or tmp_path_factory.mktemp("demo"))
+    os.environ["ALIGNKIT_DEMO_DIR"] = str(path)
+    torch.set_num_threads(2)
+    return path
+
+
+@pytest.fixture(scope="session")
+def demo_base(demo_dir) -> Path:
+    from alignkit.demo.assets import demo_model
+
+    return demo_model("base")
+
+
+@pytest.fixture(scope="session")
+def demo_sft(demo_dir) -> Path:
+    """The demo SFT model (trained once, about a minute on 2 cores)."""
+    from alignkit.demo.assets import demo_model
+
+    return demo_model("sft")
+
+
+@pytest.fixture(scope="session")
+def demo_tokenizer(demo_base):
+    from alignkit.config import ModelConfig
+    from alignkit.models import load_tokenizer
+
+    return load_tokenizer(ModelConfig(name_or_path=str(demo_base)))
