@@ -24,3 +24,17 @@ class SFTBatch:
 
 def _move(value, device):
     return value.to(device) if isinstance(value, Tensor) else value
+
+
+@dataclass(frozen=True)
+class SequenceBatch:
+    """Whole sequences scored by their summed response log-probs (DPO: chosen rows then rejected rows; KTO)."""
+
+    input_ids: Tensor  # (N, L) prompt + response ids, right-padded
+    attention_mask: Tensor  # (N, L) 1 on real tokens
+    position_ids: Tensor  # (N, L)
+    loss_mask: Tensor  # (N, L) 1 on response tokens
+    index: Tensor  # (B,) dataset row of each example (keys the cached reference log-probs)
+
+    def to(self, device: torch.device | str) -> SequenceBatch:
+        return type(self)(**{f.name: _move(getattr(self, f.name), device) for f in fields(self)})

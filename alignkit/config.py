@@ -226,15 +226,68 @@ def dump_config(cfg: Section) -> str:
     return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
 
 
-def describe_fields(cls: type[Section], prefix: str = "") -> list[tuple[str, str, str]]:
-    """(dotted key, default, description) for every leaf field, in declaration order: the --help table."""
+def describe_fields(cls: type[Section], prefix: str = "", defaults: Section | None = None) -> list[tuple[str, str, str]]:
+    """(dotted key, default, description) for every leaf field, in declaration order: the --help table.
+
+    Defaults come from a default instance, so a recipe's own section defaults (DPO's lr, say) are the ones shown.
+    """
+    defaults = defaults if defaults is not None else cls.model_validate({})
     rows = []
     for name, field in cls.model_fields.items():
         key = f"{prefix}{name}"
-        annotation = field.annotation
-        if isinstance(annotation, type) and issubclass(annotation, Section):
-            rows.extend(describe_fields(annotation, key + "."))
+        value = getattr(defaults, name)
+        if isinstance(value, Section):
+            rows.extend(describe_fields(type(value), key + ".", value))
         else:
-            default = field.get_default(call_default_factory=True)
-            rows.append((key, repr(default) if not isinstance(default, str) else default, field.description or ""))
+            rows.append((key, value if isinstance(value, str) else repr(value), field.description or ""))
     return rows
+
+
+# ------------------------------------------------------------------------------------------ preference stages
+class DPOSection(Section):
+    loss: Literal["sigmoid", "robust", "ipo", "hinge", "simpo", "orpo"] = Field("sigmoid", description="preference loss (see README table): sigmoid = DPO; robust / ipo / hinge / simpo / orpo")
+    beta: float = Field(0.1, gt=0, description="inverse temperature of the implicit reward (DPO beta; ORPO lambda; SimPO beta)")
+    label_smoothing: float = Field(0.0, ge=0, lt=0.5, description="assumed fraction of flipped labels (cDPO / robust DPO epsilon)")
+    simpo_gamma: float = Field(0.5, ge=0, description="SimPO target reward margin gamma")
+    nll_weight: float | None = Field(None, ge=0, description="weight of an NLL term on the chosen response (RPO); None = 1 for orpo, 0 otherwise")
+    reference: Literal["cached", "on_the_fly"] = Field("cached", description="reference log-probs computed once before training (cached with the run) or every step")
+    reference_model: str | None = Field(None, description="reference model path; None = the starting policy (model.name_or_path; with LoRA, the base with the adapter off)")
+
+    @property
+    def nll_weight_value(self) -> float:
+        """The NLL weight in force: ORPO is defined with its NLL term; other losses add none unless asked."""
+        if self.nll_weight is not None:
+            return self.nll_weight
+        return 1.0 if self.loss == "orpo" else 0.0
+
+
+def _preference_data(train: str) -> DataConfig:
+    return DataConfig(train=train, eval_fraction=0.05, max_length=512)
+
+
+class DPOConfig(Section):
+    """Direct preference optimisation and its family, on prompt/chosen/rejected pairs."""
+
+    model: ModelConfig = Field(default_factory=lambda: ModelConfig(name_or_path="demo:sft"), description="the policy to train (usually the SFT model)")
+    data: DataConfig = Field(default_factory=lambda: _preference_data("demo:prefs"), description="preference pairs")
+    train: TrainConfig = Field(default_factory=lambda: TrainConfig(lr=5e-7, warmup_ratio=0.1), description="optimisation")
+    run: RunConfig = Field(default_factory=lambda: RunConfig(output_dir="runs/dpo-{time}"), description="outputs, logging, checkpoints")
+    dpo: DPOSection = Field(default_factory=DPOSection, description="the preference loss and its reference")
+
+
+class KTOSection(Section):
+    beta: float = Field(0.1, gt=0, description="KTO beta: scale of the implicit reward inside the sigmoid")
+    desirable_weight: float = Field(1.0, gt=0, description="lambda_D, weight of desirable examples")
+    undesirable_weight: float = Field(1.0, gt=0, description="lambda_U, weight of undesirable examples (raise it when they are rarer)")
+    reference: Literal["cached", "on_the_fly"] = Field("cached", description="reference log-probs computed once before training or every step")
+    reference_model: str | None = Field(None, description="reference model path; None = the starting policy")
+
+
+class KTOConfig(Section):
+    """Kahneman-Tversky optimisation on unpaired prompt/completion/label data."""
+
+    model: ModelConfig = Field(default_factory=lambda: ModelConfig(name_or_path="demo:sft"), description="the policy to train (usually the SFT model)")
+    data: DataConfig = Field(default_factory=lambda: _preference_data("demo:kto"), description="unpaired examples with a desirable label")
+    train: TrainConfig = Field(default_factory=lambda: TrainConfig(lr=5e-7, warmup_ratio=0.1), description="optimisation")
+    run: RunConfig = Field(default_factory=lambda: RunConfig(output_dir="runs/kto-{time}"), description="outputs, logging, checkpoints")
+    kto: KTOSection = Field(default_factory=KTOSection, description="the KTO loss and its reference")

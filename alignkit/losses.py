@@ -7,9 +7,11 @@ Shapes: B batch, T response tokens. ``mask`` is 1 where a token counts.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 Stats = dict[str, Tensor]
@@ -65,3 +67,273 @@ def sft_loss(logps: Tensor, mask: Tensor) -> tuple[Tensor, Stats]:
     """
     loss = -logps * mask
     return loss, {"nll_sum": loss.detach().sum(), "tokens": mask.detach().sum()}
+
+
+# ----------------------------------------------------------------------------------- preference (DPO family)
+# B pairs. *_logps: (B,) log pi(y | x) SUMMED over the response tokens; *_lengths: (B,) response token counts.
+# Every PREFERENCE_LOSSES entry takes the same arguments and ignores, through **_, what it does not use, so a
+# recipe calls PREFERENCE_LOSSES[cfg.loss](chosen_logps, rejected_logps, ref_chosen_logps, ref_rejected_logps,
+# beta=, label_smoothing=, chosen_lengths=, rejected_lengths=, simpo_gamma=). Each returns the per-pair loss
+# (B,) and detached (B,) stats: rewards_chosen, rewards_rejected (the implicit rewards), margin (their
+# difference) and accuracy (1.0 where the chosen reward is higher).
+def _pair_stats(rewards_chosen: Tensor, rewards_rejected: Tensor, **extra: Tensor) -> Stats:
+    rewards_chosen, rewards_rejected = rewards_chosen.detach(), rewards_rejected.detach()
+    return {"rewards_chosen": rewards_chosen, "rewards_rejected": rewards_rejected,
+            "margin": rewards_chosen - rewards_rejected,
+            "accuracy": (rewards_chosen > rewards_rejected).float(),
+            **{name: value.detach() for name, value in extra.items()}}
+
+
+def _length_normalised(logps: Tensor, lengths: Tensor | None, loss: str) -> Tensor:
+    if lengths is None:
+        raise ValueError(f"the {loss} loss needs chosen_lengths and rejected_lengths (response token counts)")
+    return logps / lengths.clamp(min=1)
+
+
+def dpo_sigmoid(chosen_logps: Tensor, rejected_logps: Tensor, ref_chosen_logps: Tensor,
+                ref_rejected_logps: Tensor, *, beta: float = 0.1, label_smoothing: float = 0.0,
+                **_) -> tuple[Tensor, Stats]:
+    """DPO (Rafailov et al. 2023, eq. 7) with conservative-DPO label smoothing eps (cDPO, Mitchell 2023).
+
+    h = (chosen_logps - ref_chosen_logps) - (rejected_logps - ref_rejected_logps), all (B,) summed log-probs.
+    loss (B,) = -(1 - eps) logsigmoid(beta h) - eps logsigmoid(-beta h), eps the assumed probability that a
+    pair's label is flipped; eps = 0 is plain DPO, bit for bit. Rewards: beta (logps - ref_logps).
+    """
+    if not 0.0 <= label_smoothing <= 0.5:
+        raise ValueError(f"label_smoothing must be in [0, 0.5] (a flip probability), got {label_smoothing}")
+    rewards_chosen = beta * (chosen_logps - ref_chosen_logps)
+    rewards_rejected = beta * (rejected_logps - ref_rejected_logps)
+    logits = rewards_chosen - rewards_rejected  # beta h
+    loss = -(1 - label_smoothing) * F.logsigmoid(logits) - label_smoothing * F.logsigmoid(-logits)
+    return loss, _pair_stats(rewards_chosen, rewards_rejected)
+
+
+def dpo_robust(chosen_logps: Tensor, rejected_logps: Tensor, ref_chosen_logps: Tensor,
+               ref_rejected_logps: Tensor, *, beta: float = 0.1, label_smoothing: float = 0.0,
+               **_) -> tuple[Tensor, Stats]:
+    """Robust DPO, rDPO (Chowdhury et al. 2024, "Provably Robust DPO", the de-biased loss of section 3).
+
+    Shapes and h as ``dpo_sigmoid``; eps = label_smoothing is the known flip rate, in [0, 0.5).
+    loss (B,) = (-(1 - eps) logsigmoid(beta h) + eps logsigmoid(-beta h)) / (1 - 2 eps): an unbiased
+    estimate of the clean DPO loss under random flips (cDPO instead smooths the target). eps = 0 is plain DPO.
+    """
+    if not 0.0 <= label_smoothing < 0.5:
+        raise ValueError("label_smoothing must be in [0, 0.5) for robust DPO (it divides by 1 - 2 eps), "
+                         f"got {label_smoothing}")
+    rewards_chosen = beta * (chosen_logps - ref_chosen_logps)
+    rewards_rejected = beta * (rejected_logps - ref_rejected_logps)
+    logits = rewards_chosen - rewards_rejected
+    loss = (-(1 - label_smoothing) * F.logsigmoid(logits) + label_smoothing * F.logsigmoid(-logits)) / (
+        1 - 2 * label_smoothing)
+    return loss, _pair_stats(rewards_chosen, rewards_rejected)
+
+
+def ipo(chosen_logps: Tensor, rejected_logps: Tensor, ref_chosen_logps: Tensor, ref_rejected_logps: Tensor,
+        *, beta: float = 0.1, **_) -> tuple[Tensor, Stats]:
+    """IPO (Azar et al. 2023, eq. 17): loss (B,) = (h - 1 / (2 beta))^2, beta the paper's tau.
+
+    h as ``dpo_sigmoid`` (no beta inside), from SUMMED log-probs as in the paper's equation. TRL averages the
+    log-probs over tokens for IPO instead, which changes the scale of h and so the meaning of beta.
+    Rewards: beta (logps - ref_logps), for logging only.
+    """
+    chosen_ratio = chosen_logps - ref_chosen_logps
+    rejected_ratio = rejected_logps - ref_rejected_logps
+    loss = (chosen_ratio - rejected_ratio - 1 / (2 * beta)) ** 2
+    return loss, _pair_stats(beta * chosen_ratio, beta * rejected_ratio)
+
+
+def slic_hinge(chosen_logps: Tensor, rejected_logps: Tensor, ref_chosen_logps: Tensor,
+               ref_rejected_logps: Tensor, *, beta: float = 0.1, **_) -> tuple[Tensor, Stats]:
+    """SLiC-HF's hinge (Zhao et al. 2023, the rank calibration loss) on reference log-ratios, as DPO compares.
+
+    h as ``dpo_sigmoid``. loss (B,) = relu(1 - beta h) = beta relu(1/beta - h): SLiC's margin delta is 1/beta.
+    SLiC itself uses no reference model; this reference-ratio form is the one the DPO literature uses.
+    """
+    rewards_chosen = beta * (chosen_logps - ref_chosen_logps)
+    rewards_rejected = beta * (rejected_logps - ref_rejected_logps)
+    loss = torch.relu(1 - (rewards_chosen - rewards_rejected))
+    return loss, _pair_stats(rewards_chosen, rewards_rejected)
+
+
+def simpo(chosen_logps: Tensor, rejected_logps: Tensor, ref_chosen_logps: Tensor | None = None,
+          ref_rejected_logps: Tensor | None = None, *, beta: float = 0.1,
+          chosen_lengths: Tensor | None = None, rejected_lengths: Tensor | None = None,
+          simpo_gamma: float = 0.5, **_) -> tuple[Tensor, Stats]:
+    """SimPO (Meng et al. 2024, eq. 6), reference-free: ref_* are ignored and may be None.
+
+    avg = logps / lengths (B,), the length-normalised log-prob.
+    loss (B,) = -logsigmoid(beta (avg_c - avg_r) - gamma), gamma = simpo_gamma the target reward margin (the
+    paper's gamma itself, not TRL's gamma/beta ratio). The paper tunes beta near 2-2.5; the shared default 0.1
+    suits the DPO family, so set beta in the config. Rewards: beta avg.
+    """
+    rewards_chosen = beta * _length_normalised(chosen_logps, chosen_lengths, "simpo")
+    rewards_rejected = beta * _length_normalised(rejected_logps, rejected_lengths, "simpo")
+    loss = -F.logsigmoid(rewards_chosen - rewards_rejected - simpo_gamma)
+    return loss, _pair_stats(rewards_chosen, rewards_rejected)
+
+
+def _log1mexp(x: Tensor) -> Tensor:
+    """log(1 - exp(x)) for x < 0, accurate at both ends (Maechler 2012): log(-expm1(x)) near 0, else
+    log1p(-exp(x)). x is clamped to <= -1e-6 first: a response the model is sure of (average log-prob 0) would
+    give log(0). Both branches are finite, so torch.where passes no NaN gradient."""
+    x = x.clamp(max=-1e-6)
+    return torch.where(x > -math.log(2), torch.log(-torch.expm1(x)), torch.log1p(-torch.exp(x)))
+
+
+def orpo(chosen_logps: Tensor, rejected_logps: Tensor, ref_chosen_logps: Tensor | None = None,
+         ref_rejected_logps: Tensor | None = None, *, beta: float = 0.1,
+         chosen_lengths: Tensor | None = None, rejected_lengths: Tensor | None = None,
+         **_) -> tuple[Tensor, Stats]:
+    """ORPO's odds-ratio term (Hong et al. 2024, eq. 6-7), reference-free: ref_* are ignored and may be None.
+
+    avg = logps / lengths (B,); log odds = avg - log(1 - exp(avg)).
+    loss (B,) = -beta logsigmoid(log_odds_c - log_odds_r), beta the paper's lambda (0.1 there). ORPO's SFT
+    term is NOT inside: the recipe adds ``nll_term`` with nll_weight = 1, which with this term is eq. 6.
+    Rewards: beta avg. Stats also hold log_odds_ratio (B,).
+    """
+    avg_chosen = _length_normalised(chosen_logps, chosen_lengths, "orpo")
+    avg_rejected = _length_normalised(rejected_logps, rejected_lengths, "orpo")
+    log_odds_ratio = (avg_chosen - _log1mexp(avg_chosen)) - (avg_rejected - _log1mexp(avg_rejected))
+    loss = -beta * F.logsigmoid(log_odds_ratio)
+    return loss, _pair_stats(beta * avg_chosen, beta * avg_rejected, log_odds_ratio=log_odds_ratio)
+
+
+def nll_term(chosen_logps: Tensor, chosen_lengths: Tensor) -> Tensor:
+    """Length-normalised NLL of the chosen response, (B,) = -chosen_logps / chosen_lengths.
+
+    The RPO term (Pang et al. 2024) that a recipe adds to any preference loss with a weight; ORPO's SFT term
+    at weight 1.
+    """
+    return -chosen_logps / chosen_lengths.clamp(min=1)
+
+
+PREFERENCE_LOSSES: dict[str, Callable[..., tuple[Tensor, Stats]]] = {
+    "sigmoid": dpo_sigmoid,
+    "robust": dpo_robust,
+    "ipo": ipo,
+    "hinge": slic_hinge,
+    "simpo": simpo,
+    "orpo": orpo,
+}
+REFERENCE_FREE = {"simpo", "orpo"}  # these need no reference model: their ref_* arguments may be None
+
+
+# ---------------------------------------------------------------------------------------------------- KTO
+def kto_loss(policy_logps: Tensor, ref_logps: Tensor, desirable: Tensor, kl_ref: Tensor, *,
+             beta: float = 0.1, desirable_weight: float = 1.0,
+             undesirable_weight: float = 1.0) -> tuple[Tensor, Stats]:
+    """KTO (Ethayarajh et al. 2024, eq. 8), one value per completion.
+
+    policy_logps, ref_logps: (B,) summed log-probs of each completion. desirable: (B,) bool, True for a good
+    one. kl_ref: scalar z0 from ``kto_reference_point`` (detached, >= 0). r = policy_logps - ref_logps.
+    loss (B,) = w_d (1 - sigmoid(beta (r - z0))) where desirable, else w_u (1 - sigmoid(beta (z0 - r))),
+    computed as sigmoid(-x) rather than 1 - sigmoid(x) for accuracy. Nothing is averaged per side, so a batch
+    of only desirable (or only undesirable) completions works. Stats: rewards (B,) = beta r, desirable,
+    kl_ref.
+    """
+    log_ratio = policy_logps - ref_logps
+    logits = beta * (log_ratio - kl_ref)
+    loss = torch.where(desirable, desirable_weight * torch.sigmoid(-logits),
+                       undesirable_weight * torch.sigmoid(logits))
+    return loss, {"rewards": (beta * log_ratio).detach(), "desirable": desirable.detach().float(),
+                  "kl_ref": kl_ref.detach()}
+
+
+def kto_reference_point(mismatched_policy_logps: Tensor, mismatched_ref_logps: Tensor) -> Tensor:
+    """KTO's reference point z0 = clamp(mean(policy - ref), min=0), detached; a scalar.
+
+    Inputs (B,): summed log-probs of completions paired with the WRONG prompt (e.g. the batch shifted by one),
+    the paper's biased but cheap estimate of KL(pi || pi_ref). Data-parallel callers gather the inputs across
+    ranks first, so every rank uses the same z0. An empty batch gives 0, not NaN.
+    """
+    if mismatched_policy_logps.numel() == 0:
+        return mismatched_policy_logps.new_zeros(())
+    return (mismatched_policy_logps - mismatched_ref_logps).mean().clamp(min=0).detach()
+
+
+# ------------------------------------------------------------------------------------- reward model losses
+# A reward model scores whole sequences: rewards are (B,) for pairs, (B, K) for lists of K ranked best to
+# worst. valid (B, K) bool is True on real items (lists shorter than K are padded), or None for all valid.
+def bt_pairwise(chosen_rewards: Tensor, rejected_rewards: Tensor,
+                margin: Tensor | None = None) -> tuple[Tensor, Stats]:
+    """Bradley-Terry pairwise loss (Ouyang et al. 2022, eq. 1 with K = 2), with Llama 2's optional margin.
+
+    chosen_rewards, rejected_rewards, margin: (B,). loss (B,) = -logsigmoid(r_c - r_r - margin).
+    Stats: accuracy (1.0 where r_c > r_r), margin (r_c - r_r, not the input margin), rewards_chosen/rejected.
+    """
+    difference = chosen_rewards - rejected_rewards
+    loss = -F.logsigmoid(difference if margin is None else difference - margin)
+    return loss, _pair_stats(chosen_rewards, rejected_rewards)
+
+
+def _valid_pairs(rewards: Tensor, valid: Tensor | None) -> tuple[Tensor, Tensor]:
+    """Zero the padded rewards, so garbage there reaches neither the loss nor its gradient, and build the
+    (B, K, K) mask of the pairs i < j with both items valid (i is ranked above j)."""
+    k = rewards.shape[-1]
+    pairs = torch.ones(k, k, dtype=torch.bool, device=rewards.device).triu(1).expand(rewards.shape[0], k, k)
+    if valid is None:
+        return rewards, pairs
+    valid = valid.bool()
+    pairs = pairs & valid[:, :, None] & valid[:, None, :]
+    return torch.where(valid, rewards, torch.zeros_like(rewards)), pairs
+
+
+def _pair_accuracy(rewards: Tensor, pairs: Tensor) -> Tensor:
+    """Fraction of a row's valid pairs that the rewards order correctly, (B,); 0 for a row with no pairs."""
+    correct = (rewards[:, :, None] > rewards[:, None, :]) & pairs
+    return (correct.sum((1, 2)) / pairs.sum((1, 2)).clamp(min=1)).float().detach()
+
+
+def ranking_all_pairs(rewards: Tensor, valid: Tensor | None = None) -> tuple[Tensor, Stats]:
+    """InstructGPT's ranking loss (Ouyang et al. 2022, eq. 1), one ranked list per row.
+
+    rewards: (B, K) ordered best to worst. loss (B,) = mean over the row's valid pairs i < j of
+    -logsigmoid(r_i - r_j): the paper's 1 / C(K, 2), taken per row. A row with fewer than two valid items
+    gives 0. K = 2 is ``bt_pairwise``. Stats: accuracy (B,), the fraction of pairs ordered correctly.
+    """
+    rewards, pairs = _valid_pairs(rewards, valid)
+    pair_losses = -F.logsigmoid(rewards[:, :, None] - rewards[:, None, :])  # [b, i, j]: i above j
+    pair_sum = torch.where(pairs, pair_losses, torch.zeros_like(pair_losses)).sum((1, 2))
+    return pair_sum / pairs.sum((1, 2)).clamp(min=1), {"accuracy": _pair_accuracy(rewards, pairs)}
+
+
+def ranking_plackett_luce(rewards: Tensor, valid: Tensor | None = None) -> tuple[Tensor, Stats]:
+    """Listwise Plackett-Luce NLL of the observed order (Plackett 1975; the DPO paper's Appendix A.3).
+
+    rewards: (B, K) ordered best to worst. P(order) = prod_k exp(r_k) / sum_{j >= k} exp(r_j) over the valid
+    items, so NLL = sum_k -(r_k - logsumexp(r_k..r_n)). A list of n items has n - 1 informative terms (the
+    last is 0); loss (B,) is the NLL divided by n - 1, per comparison, on the scale of the pairwise loss.
+    K = 2 is ``bt_pairwise``. Padding may sit anywhere: the order is that of the valid items in the row.
+    A row with fewer than two valid items gives 0. Stats: accuracy (B,) as in ``ranking_all_pairs``.
+    """
+    rewards, pairs = _valid_pairs(rewards, valid)
+    k = rewards.shape[-1]
+    is_valid = torch.ones_like(rewards, dtype=torch.bool) if valid is None else valid.bool()
+    # later[b, i, j]: item j is still in the running at position i. A finite fill rather than -inf keeps the
+    # logsumexp and its gradient finite at padded positions, whose terms are dropped below anyway.
+    later = torch.ones(k, k, dtype=torch.bool, device=rewards.device).triu() & is_valid[:, None, :]
+    fill = torch.full((), torch.finfo(rewards.dtype).min, dtype=rewards.dtype, device=rewards.device)
+    competitors = torch.where(later, rewards[:, None, :].expand(-1, k, -1), fill)
+    terms = torch.logsumexp(competitors, dim=-1) - rewards  # (B, K)
+    nll = torch.where(is_valid, terms, torch.zeros_like(terms)).sum(-1)
+    return nll / (is_valid.sum(-1) - 1).clamp(min=1), {"accuracy": _pair_accuracy(rewards, pairs)}
+
+
+RANKING_LOSSES: dict[str, Callable[..., tuple[Tensor, Stats]]] = {
+    "all_pairs": ranking_all_pairs,
+    "plackett_luce": ranking_plackett_luce,
+}
+
+
+def reward_centering(rewards: Tensor, valid: Tensor | None = None) -> Tensor:
+    """Auxiliary loss pulling each prompt's rewards toward zero mean (Eisenstein et al. 2023), (B,) per row.
+
+    rewards: (B, K), e.g. torch.stack([chosen, rejected], -1); value = (mean of the row's valid rewards)^2.
+    The paper and TRL's center_rewards_coefficient use (r_c + r_r)^2, 4 times this at K = 2: their coefficient
+    0.01 is 0.04 here. The caller multiplies by its coefficient.
+    """
+    if valid is None:
+        return rewards.mean(-1) ** 2
+    valid = valid.bool()
+    total = torch.where(valid, rewards, torch.zeros_like(rewards)).sum(-1)
+    return (total / valid.sum(-1).clamp(min=1)) ** 2

@@ -176,3 +176,44 @@ def save_model(model, tokenizer, path: str | Path, merge_adapter: bool = False) 
             merged.save_pretrained(tmp / "merged", safe_serialization=True)
             tokenizer.save_pretrained(tmp / "merged")
     return path
+
+
+class Reference:
+    """The frozen reference policy of DPO / KTO / PPO.
+
+    With a LoRA policy and no separate reference path it is the policy itself with the adapter disabled: the same
+    base weights, no second copy in memory (tested equal to the base model). Otherwise a separately loaded,
+    frozen model in eval mode (dropout off).
+    """
+
+    def __init__(self, policy=None, model=None) -> None:
+        self.policy = policy  # adapter-disabled mode
+        self.model = model  # separate frozen model
+
+    @torch.no_grad()
+    def sequence_logps(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
+        from .ops import sequence_logps
+
+        args = (batch.input_ids, batch.attention_mask, batch.position_ids, batch.loss_mask)
+        if self.model is not None:
+            return sequence_logps(self.model, *args)
+        policy = getattr(self.policy, "module", self.policy)
+        was_training = policy.training
+        policy.eval()
+        try:
+            with policy.disable_adapter():
+                return sequence_logps(policy, *args)
+        finally:
+            policy.train(was_training)
+
+
+def load_reference(cfg: ModelConfig, reference_path: str | None, policy, tokenizer, device) -> Reference:
+    """The reference for ``policy``: adapter-disabled policy when possible, else a frozen copy from disk."""
+    if reference_path is None and is_adapter_model(policy):
+        return Reference(policy=policy)
+    ref_cfg = cfg.model_copy(update={"name_or_path": reference_path or cfg.name_or_path, "adapter": "none",
+                                     "gradient_checkpointing": False})
+    model = load_causal_lm(ref_cfg, tokenizer, device)
+    model.eval()
+    model.requires_grad_(False)
+    return Reference(model=model)

@@ -82,3 +82,11 @@ def forward_token_logps(model, input_ids: Tensor, attention_mask: Tensor | None,
     logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                    use_cache=False).logits
     return token_logps(logits[:, :-1], input_ids[:, 1:], temperature)
+
+
+def sequence_logps(model, input_ids: Tensor, attention_mask: Tensor, position_ids: Tensor,
+                   loss_mask: Tensor) -> tuple[Tensor, Tensor]:
+    """Summed log-prob of each row's response tokens and the number of those tokens: (N, L) -> (N,), (N,)."""
+    logps = forward_token_logps(model, input_ids, attention_mask, position_ids)
+    mask = loss_mask[:, 1:]
+    return masked_sum(logps, mask, dim=-1), mask.sum(-1)

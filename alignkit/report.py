@@ -47,6 +47,9 @@ def plot_curves(rows: list[dict[str, Any]], path: str | Path, title: str = "") -
             points = [(r["step"], r[key]) for r in rows if isinstance(r.get(key), (int, float))]
             style = "o-" if len(points) < 30 else "-"
             ax.plot(*zip(*points), style, label=key.split("/", 1)[-1], markersize=3, linewidth=1.4)
+        values = [r[k] for r in rows for k in keys if isinstance(r.get(k), (int, float))]
+        if min(values) > 0 and max(values) > 10 * min(values):
+            ax.set_yscale("log")  # losses fall by orders of magnitude; a log axis keeps the late steps readable
         ax.set_title(family, fontsize=11)
         ax.set_xlabel("step", fontsize=9)
         ax.grid(alpha=0.3)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..batch import SFTBatch
+from ..batch import SequenceBatch, SFTBatch
 from .templates import Tokenized
 
 
@@ -71,3 +71,10 @@ def pad_packed(rows: Sequence[PackedRow], pad_id: int) -> SFTBatch:
         pos[i, :n] = torch.tensor(row.position_ids)
         pos[i, n:] = torch.arange(length - n)  # padding restarts at 0: a separate block nobody attends to
     return SFTBatch(input_ids=ids, attention_mask=None, position_ids=pos, loss_mask=loss_mask)
+
+
+def pad_sequences(rows: Sequence[Tokenized], index: Sequence[int], pad_id: int) -> SequenceBatch:
+    """Right-padded sequences scored as wholes; ``index`` keys each example's cached reference log-probs."""
+    plain = pad_batch(rows, pad_id)
+    return SequenceBatch(plain.input_ids, plain.attention_mask, plain.position_ids, plain.loss_mask,
+                         torch.tensor(list(index), dtype=torch.long))

@@ -47,15 +47,73 @@ def tokenize_sft(examples: Sequence[SFTExample], tokenizer, data: DataConfig, na
     truncated = dropped_long = dropped_empty = 0
     for example in examples:
         row = tokenize_conversation(tokenizer, example.messages, loss_on=data.loss_on, max_length=data.max_length)
-        if row.truncated and data.overlong == "drop":
-            dropped_long += 1
-            continue
-        if sum(row.loss_mask[1:]) == 0:  # position 0 is never predicted
-            dropped_empty += 1
-            continue
-        truncated += row.truncated
-        rows.append(row)
+        verdict = _fits(row, data)
+        dropped_long += verdict == "long"
+        dropped_empty += verdict == "empty"
+        if verdict == "ok":
+            truncated += row.truncated
+            rows.append(row)
     report = TokenizeReport(len(rows), truncated, dropped_long, dropped_empty)
+    if examples and not rows:
+        raise DataError(f"{name}: every example was filtered out ({report.describe(name)}); raise data.max_length?")
+    return rows, report
+
+
+@dataclass(frozen=True)
+class PairRow:
+    chosen: Tokenized  # prompt + chosen response; mask on the response
+    rejected: Tokenized  # prompt + rejected response
+    margin: float | None = None
+
+
+def _fits(row: Tokenized, data: DataConfig) -> str:
+    """"ok", "long" (drop: over max_length under overlong=drop) or "empty" (no response token left)."""
+    if row.truncated and data.overlong == "drop":
+        return "long"
+    return "ok" if sum(row.loss_mask[1:]) else "empty"  # position 0 is never predicted
+
+
+def tokenize_pairs(examples: Sequence, tokenizer, data: DataConfig, name: str) -> tuple[list[PairRow], TokenizeReport]:
+    """Tokenize (prompt, chosen, rejected) into two sequences; a pair is dropped when either side cannot be used."""
+    rows: list[PairRow] = []
+    truncated = long = empty = 0
+    for example in examples:
+        sides = [tokenize_conversation(tokenizer, example.prompt + side, first_trained=len(example.prompt),
+                                       max_length=data.max_length) for side in (example.chosen, example.rejected)]
+        verdicts = {_fits(side, data) for side in sides}
+        if "long" in verdicts:
+            long += 1
+        elif "empty" in verdicts:
+            empty += 1
+        else:
+            truncated += any(side.truncated for side in sides)
+            rows.append(PairRow(sides[0], sides[1], example.margin))
+    report = TokenizeReport(len(rows), truncated, long, empty)
+    if examples and not rows:
+        raise DataError(f"{name}: every pair was filtered out ({report.describe(name)}); raise data.max_length?")
+    return rows, report
+
+
+@dataclass(frozen=True)
+class UnpairedRow:
+    sequence: Tokenized  # prompt + completion; mask on the completion
+    desirable: bool
+
+
+def tokenize_unpaired(examples: Sequence, tokenizer, data: DataConfig, name: str) -> tuple[list[UnpairedRow], TokenizeReport]:
+    """Tokenize KTO's (prompt, completion, label) records with the same over-length policy."""
+    rows: list[UnpairedRow] = []
+    truncated = long = empty = 0
+    for example in examples:
+        row = tokenize_conversation(tokenizer, example.prompt + example.completion, first_trained=len(example.prompt),
+                                    max_length=data.max_length)
+        verdict = _fits(row, data)
+        long += verdict == "long"
+        empty += verdict == "empty"
+        if verdict == "ok":
+            truncated += row.truncated
+            rows.append(UnpairedRow(row, example.label))
+    report = TokenizeReport(len(rows), truncated, long, empty)
     if examples and not rows:
         raise DataError(f"{name}: every example was filtered out ({report.describe(name)}); raise data.max_length?")
     return rows, report

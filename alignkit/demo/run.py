@@ -87,10 +87,11 @@ def run_demo(out: str | Path = "runs/demo", fast: bool = False) -> dict[str, dic
     results["sft"] = score_model(str(out / "sft-model"))
 
     table = Table(title="demo: gold judge on 200 eval prompts (greedy)", title_justify="left")
-    columns = ["gold", "format", "gold[held_out=true]", "eos_rate"]
+    columns = {"gold": "gold score", "format": "well-formed rate", "gold[held_out=true]": "gold, held-out pairs",
+               "eos_rate": "EOS rate"}
     table.add_column("stage")
-    for column in columns:
-        table.add_column(column.replace("format", "well-formed rate"), justify="right")
+    for label in columns.values():
+        table.add_column(label, justify="right")
     for stage, metrics in results.items():
         table.add_row(stage, *(f"{metrics.get(c, float('nan')):.3f}" for c in columns))
     console.print(table)

@@ -1,0 +1,258 @@
+"""Direct preference optimisation and its family (DPO, cDPO, robust DPO, IPO, SLiC hinge, SimPO, ORPO; + RPO's NLL).
+
+Loop per optimizer step: the step's pairs -> one concatenated forward of chosen and rejected -> summed response
+log-probs -> reference log-probs (from the cache) -> PREFERENCE_LOSSES[cfg.dpo.loss] (+ nll_weight x NLL on chosen)
+-> ``aggregate`` over the step's pair count -> backward -> clip, step, schedule -> log, eval, checkpoint.
+
+Departures from the papers:
+1. Reference log-probs are computed once before training and cached with the run (``reference_logps.pt``), which
+   is exact because the reference is frozen; ``dpo.reference: on_the_fly`` recomputes them every step instead.
+2. With LoRA the reference is the base model with the adapter disabled: no second copy of the weights.
+3. Chosen and rejected go through the model in one concatenated forward (tested equal to two forwards).
+4. The loss is the mean over all pairs of the optimizer step, whatever the micro-batching.
+5. IPO uses summed log-probs as in the paper's equation (TRL averages per token; say ``loss: ipo`` with a larger
+   beta for long responses).
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+
+from ..batch import SequenceBatch
+from ..checkpoint import atomic_write_bytes, load_checkpoint, save_checkpoint
+from ..config import DPOConfig
+from ..data.collate import pad_sequences
+from ..data.prepare import PairRow, load_split, tokenize_pairs
+from ..losses import PREFERENCE_LOSSES, REFERENCE_FREE, aggregate, nll_term, step_denominator
+from ..models import Reference, count_parameters, load_causal_lm, load_reference, load_tokenizer, save_model
+from ..ops import check_finite, sequence_logps
+from .runtime import Run, finish_run, make_optimizer, make_scheduler, start_run, step_indices, total_steps
+
+REFERENCE_CACHE = "reference_logps.pt"
+
+
+def pair_batch(rows: list[PairRow], indices: list[int], pad_id: int) -> SequenceBatch:
+    """Rows 0..B-1 are the chosen sequences, rows B..2B-1 the rejected ones: one forward scores both."""
+    chosen = [rows[i].chosen for i in indices]
+    rejected = [rows[i].rejected for i in indices]
+    return pad_sequences(chosen + rejected, indices, pad_id)
+
+
+def split_pairs(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    half = values.shape[0] // 2
+    return values[:half], values[half:]
+
+
+@torch.no_grad()
+def reference_logps_for(reference: Reference, rows: list[PairRow], pad_id: int, batch_size: int,
+                        device: torch.device) -> torch.Tensor:
+    """(N, 2) summed reference log-probs of every pair's chosen and rejected response."""
+    out = []
+    for start in range(0, len(rows), batch_size):
+        batch = pair_batch(rows, list(range(start, min(start + batch_size, len(rows)))), pad_id).to(device)
+        logps, _ = reference.sequence_logps(batch)
+        out.append(torch.stack(split_pairs(logps), dim=-1).float().cpu())
+    return torch.cat(out) if out else torch.zeros(0, 2)
+
+
+def load_or_build_cache(run: Run, reference: Reference, splits: dict[str, list[PairRow]], pad_id: int,
+                        batch_size: int) -> dict[str, torch.Tensor]:
+    """The cached reference log-probs of the run (built on first use, reused on resume)."""
+    path = run.dir / REFERENCE_CACHE
+    if path.is_file():
+        return torch.load(path)
+    cache = {name: reference_logps_for(reference, rows, pad_id, batch_size, run.accelerator.device)
+             for name, rows in splits.items()}
+    if run.is_main:
+        buffer = io.BytesIO()
+        torch.save(cache, buffer)
+        atomic_write_bytes(path, buffer.getvalue())
+    return cache
+
+
+def pair_loss(cfg: DPOConfig, model, batch: SequenceBatch, ref: tuple[torch.Tensor, torch.Tensor] | None
+              ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Per-pair loss (B,) and per-pair stats for one micro-batch."""
+    logps, lengths = sequence_logps(model, batch.input_ids, batch.attention_mask, batch.position_ids, batch.loss_mask)
+    (chosen, rejected), (chosen_len, rejected_len) = split_pairs(logps), split_pairs(lengths)
+    ref_chosen, ref_rejected = ref if ref is not None else (None, None)
+    loss, stats = PREFERENCE_LOSSES[cfg.dpo.loss](
+        chosen, rejected, ref_chosen, ref_rejected, beta=cfg.dpo.beta, label_smoothing=cfg.dpo.label_smoothing,
+        chosen_lengths=chosen_len, rejected_lengths=rejected_len, simpo_gamma=cfg.dpo.simpo_gamma)
+    nll = nll_term(chosen, chosen_len)
+    if cfg.dpo.nll_weight_value:
+        loss = loss + cfg.dpo.nll_weight_value * nll
+    stats = {**stats, "nll": nll.detach(), "logps_chosen": (chosen / chosen_len.clamp(min=1)).detach(),
+             "logps_rejected": (rejected / rejected_len.clamp(min=1)).detach()}
+    if ref is not None:  # sequence-level log-ratio on the data: a cheap estimate of KL to the reference
+        stats["kl"] = 0.5 * ((chosen - ref_chosen) + (rejected - ref_rejected)).detach()
+    return loss, stats
+
+
+# stat key -> (curve panel, line name); eval lines get an "_eval" suffix (or are named "eval")
+METRICS = {"loss": ("loss", "train"), "accuracy": ("accuracy", "train"), "margin": ("margin", "train"),
+           "rewards_chosen": ("rewards", "chosen"), "rewards_rejected": ("rewards", "rejected"),
+           "logps_chosen": ("logps", "chosen"), "logps_rejected": ("logps", "rejected"),
+           "nll": ("nll_chosen", "train"), "kl": ("kl", "train"), "log_odds_ratio": ("log_odds_ratio", "train")}
+
+
+def metric_name(key: str, split: str = "train") -> str:
+    family, name = METRICS.get(key, (key, "train"))
+    if split == "train":
+        return f"{family}/{name}"
+    return f"{family}/eval" if name == "train" else f"{family}/{name}_eval"
+
+
+def reference_for(cache: dict[str, torch.Tensor] | None, name: str, reference: Reference | None,
+                  batch: SequenceBatch) -> tuple[torch.Tensor, torch.Tensor] | None:
+    if cache is not None:
+        ref = cache[name][batch.index.cpu()].to(batch.input_ids.device)
+        return ref[:, 0], ref[:, 1]
+    if reference is not None:
+        return split_pairs(reference.sequence_logps(batch)[0])
+    return None
+
+
+@torch.no_grad()
+def evaluate(cfg: DPOConfig, model, rows: list[PairRow], cache, reference, pad_id: int,
+             device: torch.device) -> dict[str, float]:
+    """Mean loss and pair metrics over the eval pairs."""
+    if not rows:
+        return {}
+    model.eval()
+    sums: dict[str, float] = {}
+    for start in range(0, len(rows), cfg.train.batch_size):
+        batch = pair_batch(rows, list(range(start, min(start + cfg.train.batch_size, len(rows)))), pad_id).to(device)
+        loss, stats = pair_loss(cfg, model, batch, reference_for(cache, "eval", reference, batch))
+        for key, value in {"loss": loss, **stats}.items():
+            sums[key] = sums.get(key, 0.0) + value.float().sum().item()
+    model.train()
+    return {metric_name(k, "eval"): v / len(rows) for k, v in sums.items()}
+
+
+def diagnose(log) -> list[str]:
+    """The failure modes our seed texts warn about, stated with the usual remedy."""
+    warnings = []
+    accuracy = log.last("accuracy/eval") or log.last("accuracy/train")
+    if accuracy is not None and accuracy < 0.6:
+        warnings.append(f"preference accuracy is {accuracy:.2f}, near chance (0.5): the policy is not separating "
+                        "chosen from rejected. Raise the learning rate, lower beta, or check the labels.")
+    first = next((r["logps/chosen"] for r in log.rows if "logps/chosen" in r), None)
+    last = log.last("logps/chosen")
+    if first is not None and last is not None and last < first - 0.5:
+        warnings.append(f"chosen log-probs fell from {first:.2f} to {last:.2f} nats/token: both responses are being "
+                        "pushed down (likelihood collapse). Add dpo.nll_weight (e.g. 0.2-1.0), raise beta or lower "
+                        "the learning rate.")
+    return warnings
+
+
+def train(cfg: DPOConfig, resume: str | bool | None = None) -> dict:
+    """Run DPO (or a variant) as configured; returns the summary (also written to the run folder)."""
+    run = start_run(cfg, "dpo", resume)
+    acc = run.accelerator
+    tokenizer = load_tokenizer(cfg.model)
+    model = load_causal_lm(cfg.model, tokenizer, acc.device)
+    model.train()
+    pad_id = tokenizer.pad_token_id
+
+    train_examples, eval_examples = load_split(cfg.data, "preference", cfg.train.seed)
+    train_rows, train_report = tokenize_pairs(train_examples, tokenizer, cfg.data, "train")
+    eval_rows, eval_report = tokenize_pairs(eval_examples, tokenizer, cfg.data, "eval")
+    run.print(train_report.describe("train pairs"))
+    run.print(eval_report.describe("eval pairs"))
+
+    # The reference: none for reference-free losses; cached once (default) or kept for on-the-fly use.
+    reference, cache = None, None
+    if cfg.dpo.loss not in REFERENCE_FREE:
+        reference = load_reference(cfg.model, cfg.dpo.reference_model, model, tokenizer, acc.device)
+        if cfg.dpo.reference == "cached":
+            cache = load_or_build_cache(run, reference, {"train": train_rows, "eval": eval_rows}, pad_id,
+                                        cfg.train.batch_size * 2)
+            reference = None  # frees a separate reference model; the cache is all we need
+
+    steps = total_steps(cfg.train, len(train_rows), cfg.train.batch_size * cfg.train.grad_accum * acc.num_processes)
+    optimizer = make_optimizer(model.parameters(), cfg.train)
+    scheduler = make_scheduler(optimizer, cfg.train, steps)
+    model, optimizer, scheduler = acc.prepare(model, optimizer, scheduler)
+    if reference is not None and reference.policy is not None:
+        reference.policy = model
+    start = 0
+    if run.resume_from:
+        start = load_checkpoint(acc, run.resume_from)["step"]
+        run.log.resume(start)
+        run.print(f"resumed from {run.resume_from} at step {start}")
+    trainable, total = count_parameters(model)
+    run.print(f"dpo ({cfg.dpo.loss}, beta {cfg.dpo.beta}, nll weight {cfg.dpo.nll_weight_value}): "
+              f"{len(train_rows)} pairs, {steps} steps, {trainable:,} of {total:,} parameters trainable")
+    if start == 0:
+        run.log.log(0, evaluate(cfg, model, eval_rows, cache, reference, pad_id, acc.device))
+
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=steps, initial=start, desc=f"dpo/{cfg.dpo.loss}", disable=not (cfg.run.progress and run.is_main))
+    clock, pairs_seen = time.time(), 0
+    for step in range(start + 1, steps + 1):
+        # 1. this step's micro-batches of pairs; the denominator is the step's pair count
+        micro = [pair_batch(train_rows, idx, pad_id).to(acc.device) for idx in
+                 step_indices(len(train_rows), step, cfg.train.batch_size, cfg.train.grad_accum, cfg.train.seed,
+                              acc.process_index, acc.num_processes)]
+        denominator = acc.reduce(step_denominator([b.index for b in micro], "seq_mean_token_mean").to(acc.device), "sum")
+        # 2. forward chosen+rejected together, loss per pair, backward
+        sums: dict[str, torch.Tensor] = {}
+        for i, batch in enumerate(micro):
+            with acc.no_sync(model) if i < len(micro) - 1 else nullcontext():
+                loss, stats = pair_loss(cfg, model, batch, reference_for(cache, "train", reference, batch))
+                ones = torch.ones_like(loss)
+                acc.backward(aggregate(loss, ones, denominator, "seq_mean_token_mean") * acc.num_processes)
+            for key, value in {"loss": loss.detach(), **stats}.items():
+                sums[key] = sums.get(key, 0) + value.float().sum()
+        # 3. clip, step, schedule
+        grad_norm = acc.clip_grad_norm_(model.parameters(), cfg.train.max_grad_norm or float("inf"))
+        means = {k: (acc.reduce(v, "sum") / denominator).item() for k, v in sums.items()}
+        check_finite(torch.tensor(means["loss"]), f"the {cfg.dpo.loss} loss", step)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        pairs_seen += int(denominator.item())
+        # 4. log, eval, checkpoint
+        if step % cfg.run.log_every == 0 or step == steps:
+            elapsed = max(time.time() - clock, 1e-9)
+            run.log.log(step, {**{metric_name(k): v for k, v in means.items()},
+                               "lr": scheduler.get_last_lr()[0], "grad_norm": float(grad_norm),
+                               "speed/pairs_per_s": pairs_seen / elapsed})
+            bar.set_postfix(loss=f"{run.log.last('loss/train'):.3f}", acc=f"{run.log.last('accuracy/train'):.2f}")
+        if cfg.run.eval_every and step % cfg.run.eval_every == 0 and step != steps:
+            run.log.log(step, evaluate(cfg, model, eval_rows, cache, reference, pad_id, acc.device))
+        if cfg.run.save_every and step % cfg.run.save_every == 0 and step != steps:
+            run.log.flush()
+            save_checkpoint(acc, run.dir, step, {}, cfg.run.keep_checkpoints)
+        bar.update(1)
+    bar.close()
+
+    final_eval = evaluate(cfg, model, eval_rows, cache, reference, pad_id, acc.device)
+    run.log.log(steps, final_eval)
+    save_checkpoint(acc, run.dir, steps, {}, cfg.run.keep_checkpoints)
+    if run.is_main:
+        save_model(acc.unwrap_model(model), tokenizer, run.dir / "final", merge_adapter=cfg.run.merge_adapter)
+    warnings = diagnose(run.log)
+    for warning in warnings:
+        run.print(f"[yellow]warning:[/yellow] {warning}")
+    summary = {
+        "steps": steps, "loss": cfg.dpo.loss, "beta": cfg.dpo.beta, "nll_weight": cfg.dpo.nll_weight_value,
+        "final": {"loss/train": run.log.last("loss/train"), **final_eval},
+        "pairs_per_s": pairs_seen / max(time.time() - clock, 1e-9),
+        "data": {"train": train_report.__dict__, "eval": eval_report.__dict__},
+        "parameters": {"trainable": trainable, "total": total}, "warnings": warnings,
+    }
+    headline = [("steps", steps), ("loss", f"{cfg.dpo.loss} (beta {cfg.dpo.beta})"),
+                ("eval accuracy", final_eval.get("accuracy/eval", math.nan)),
+                ("eval margin", final_eval.get("margin/eval", math.nan)),
+                ("eval chosen logps/token", final_eval.get("logps/chosen_eval", math.nan)),
+                ("final model", str(Path(run.dir) / "final"))]
+    return finish_run(run, summary, headline)
