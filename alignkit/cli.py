@@ -10,7 +10,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .config import ConfigError, SFTConfig, describe_fields, load_config
+from .config import ConfigError, DPOConfig, KTOConfig, SFTConfig, describe_fields, load_config
 from .data.formats import DataError
 
 
@@ -21,14 +21,21 @@ class Recipe:
     summary: str
 
 
-def _sft_train(cfg, resume):
-    from .recipes.sft import train
+def _lazy(module: str) -> Callable:
+    """The recipe's train function, imported on use (keeps `alignkit --help` fast)."""
 
-    return train(cfg, resume=resume)
+    def run(cfg, resume):
+        from importlib import import_module
+
+        return import_module(f"alignkit.recipes.{module}").train(cfg, resume=resume)
+
+    return run
 
 
 RECIPES: dict[str, Recipe] = {
-    "sft": Recipe(SFTConfig, _sft_train, "supervised fine-tuning on prompt/response or chat data"),
+    "sft": Recipe(SFTConfig, _lazy("sft"), "supervised fine-tuning on prompt/response or chat data"),
+    "dpo": Recipe(DPOConfig, _lazy("dpo"), "DPO and its family (cDPO, robust, IPO, hinge, SimPO, ORPO) on preference pairs"),
+    "kto": Recipe(KTOConfig, _lazy("kto"), "KTO on unpaired desirable / undesirable examples"),
 }
 
 
@@ -57,7 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="continue from the latest checkpoint (of RUN_DIR, or of run.output_dir)")
     demo = sub.add_parser("demo", help="the offline showcase on the built-in arithmetic world (no downloads)")
     demo.add_argument("--out", default="runs/demo", help="folder for the demo's world, models and runs")
-    demo.add_argument("--fast", action="store_true", help="fewer steps (a smoke run, used by tests)")
+    demo.add_argument("--fast", action="store_true", help="fewer SFT steps (a smoke run)")
+    demo.add_argument("--stages", default=None, help="comma-separated stages after SFT (default: all): dpo,simpo,kto")
     return parser
 
 
@@ -71,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "demo":
             from .demo.run import run_demo
 
-            run_demo(args.out, fast=args.fast)
+            run_demo(args.out, fast=args.fast, stages=args.stages.split(",") if args.stages else None)
             return 0
         recipe = RECIPES[args.command]
         config, overrides = args.config, list(args.overrides)

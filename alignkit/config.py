@@ -173,7 +173,13 @@ def load_config(cls: type[C], path: str | Path | None = None, overrides: list[st
 
 
 def validate(cls: type[C], data: dict[str, Any], source: str = "<config>", node: yaml.Node | None = None) -> C:
-    """Validate a plain dict into ``cls``; pydantic's errors become one readable line each."""
+    """Validate a plain dict into ``cls``; pydantic's errors become one readable line each.
+
+    The dict is laid over the recipe's own defaults first, so setting one key of a section keeps the recipe's
+    defaults for the others (DPO's ``data.train`` stays ``demo:prefs`` when only ``data.max_length`` is given).
+    """
+    if isinstance(data, dict):
+        data = deep_merge(cls.model_validate({}).model_dump(exclude_defaults=False), data)
     try:
         return cls.model_validate(data)
     except ValidationError as exc:

@@ -217,3 +217,37 @@ def load_reference(cfg: ModelConfig, reference_path: str | None, policy, tokeniz
     model.eval()
     model.requires_grad_(False)
     return Reference(model=model)
+
+
+@torch.no_grad()
+def reference_logps(reference: Reference, sequences: list, pad_id: int, batch_size: int,
+                    device: torch.device) -> torch.Tensor:
+    """(N,) summed reference log-probs of the response tokens of each tokenized sequence."""
+    from .data.collate import pad_sequences
+
+    out = [torch.zeros(0)]
+    for start in range(0, len(sequences), batch_size):
+        chunk = sequences[start : start + batch_size]
+        batch = pad_sequences(chunk, range(len(chunk)), pad_id).to(device)
+        out.append(reference.sequence_logps(batch)[0].float().cpu())
+    return torch.cat(out)
+
+
+def reference_cache(path: Path, reference: Reference, named: dict[str, list], pad_id: int, batch_size: int,
+                    device: torch.device, write: bool = True) -> dict[str, torch.Tensor]:
+    """Reference log-probs of every named list of sequences, computed once and kept in the run folder.
+
+    Exact, because the reference is frozen; reused on resume. Written atomically (only by the main process).
+    """
+    import io
+
+    from .checkpoint import atomic_write_bytes
+
+    if path.is_file():
+        return torch.load(path)
+    cache = {name: reference_logps(reference, seqs, pad_id, batch_size, device) for name, seqs in named.items()}
+    if write:
+        buffer = io.BytesIO()
+        torch.save(cache, buffer)
+        atomic_write_bytes(path, buffer.getvalue())
+    return cache

@@ -74,3 +74,11 @@ def test_cli_reports_config_typo_as_one_line(tmp_path, capsys):
     assert main(["sft", str(path)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("alignkit: error: ") and 'unknown key "train.learning_rate"' in err and "\n" not in err
+
+
+def test_partial_section_keeps_the_recipe_defaults():
+    from alignkit.config import DPOConfig, KTOConfig
+
+    cfg = load_config(KTOConfig, None, ["data.max_length=96"])
+    assert cfg.data.train == "demo:kto" and cfg.data.max_length == 96
+    assert load_config(DPOConfig, None, ["train.batch_size=4"]).train.lr == 5e-7

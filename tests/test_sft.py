@@ -72,9 +72,9 @@ def test_batch8_accum1_equals_batch1_accum8(model, rows, demo_tokenizer):
 
 
 def small_config(tmp_path, name, **train):
-    from alignkit.demo.run import demo_sft_config
+    from alignkit.demo.run import stage_config
 
-    return demo_sft_config(tmp_path / name, fast=True, train={"max_steps": 12, "batch_size": 8, "lr": 1e-3, **train},
+    return stage_config("sft", tmp_path / name, fast=True, train={"max_steps": 12, "batch_size": 8, "lr": 1e-3, **train},
                            run={"save_every": 6, "eval_every": 6, "sample_every": 6, "log_every": 1, "num_samples": 2})
 
 

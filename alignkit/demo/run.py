@@ -1,47 +1,83 @@
-"""``alignkit demo``: the whole pipeline on the arithmetic world, offline, on a laptop CPU.
+"""``alignkit demo``: the pipeline on the arithmetic world, offline, on a laptop CPU.
 
-Stages so far: build the world and the tiny model -> score the untrained model -> SFT -> score again. Scores come
-from the hidden gold judge (correct +1, polite +0.5, rude -0.5, unparseable -1) on eval prompts that include
-number pairs held out from all training data.
+Stages: build the world and the tiny model -> score the untrained model -> SFT -> then, each starting from the SFT
+model, DPO (with an NLL term), KTO and SimPO -> one table of gold scores. Scores come from the hidden gold judge
+(correct +1, polite +0.5, rude -0.5, unparseable -1) on eval prompts that include number pairs held out from all
+training data. Every stage is an ordinary recipe run with its own run folder.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+from dataclasses import dataclass
+from importlib import import_module
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
-from ..config import SFTConfig, validate
+from ..config import DPOConfig, KTOConfig, SFTConfig, validate
 from ..data.loading import load_examples
 from ..sampling import SamplingParams
 from .world import format_reward, gold_reward
 
-# The demo's SFT settings: tuned for the ~1M-parameter model on 2 CPU cores (about a minute).
-DEMO_SFT: dict[str, Any] = {
-    "model": {"name_or_path": "demo:base", "device": "cpu"},
-    "data": {"train": "demo:sft", "eval_fraction": 0.05, "max_length": 96},
-    "train": {"batch_size": 32, "max_steps": 1000, "lr": 3e-3, "warmup_ratio": 0.05, "weight_decay": 0.01},
-    "run": {"log_every": 10, "eval_every": 250, "sample_every": 250, "num_samples": 4, "sample_max_new_tokens": 32,
-            "save_every": 250, "threads": 2},
+
+@dataclass(frozen=True)
+class Stage:
+    config: type
+    settings: dict[str, Any]  # the demo's settings, tuned for the ~1M-parameter model on 2 CPU cores
+    fast_steps: int  # max_steps under --fast (tests)
+
+    @property
+    def recipe(self) -> str:
+        return {SFTConfig: "sft", DPOConfig: "dpo", KTOConfig: "kto"}[self.config]
+
+    @property
+    def train(self):
+        module: ModuleType = import_module(f"alignkit.recipes.{self.recipe}")
+        return module.train
+
+
+_PREF_TRAIN = {"batch_size": 16, "max_steps": 150, "lr": 1e-4, "warmup_ratio": 0.1}
+_PREF_RUN = {"log_every": 5, "eval_every": 50, "save_every": 50, "threads": 2}
+DEMO_STAGES: dict[str, Stage] = {
+    "sft": Stage(SFTConfig, {
+        "model": {"name_or_path": "demo:base", "device": "cpu"},
+        "data": {"train": "demo:sft", "eval_fraction": 0.05, "max_length": 96},
+        "train": {"batch_size": 32, "max_steps": 1000, "lr": 3e-3, "warmup_ratio": 0.05, "weight_decay": 0.01},
+        "run": {"log_every": 10, "eval_every": 250, "sample_every": 250, "num_samples": 4,
+                "sample_max_new_tokens": 32, "save_every": 250, "threads": 2},
+    }, fast_steps=150),
+    "dpo": Stage(DPOConfig, {
+        "model": {"name_or_path": "demo:sft", "device": "cpu"},
+        "data": {"train": "demo:prefs", "max_length": 96},
+        "train": _PREF_TRAIN, "run": _PREF_RUN,
+        "dpo": {"loss": "sigmoid", "beta": 0.1, "nll_weight": 0.5},
+    }, fast_steps=150),
+    "kto": Stage(KTOConfig, {
+        "model": {"name_or_path": "demo:sft", "device": "cpu"},
+        "data": {"train": "demo:kto", "max_length": 96},
+        "train": _PREF_TRAIN, "run": _PREF_RUN,
+    }, fast_steps=150),
 }
 EVAL_SAMPLING = SamplingParams(max_new_tokens=32, temperature=0.0)
 
 
-def demo_sft_config(run_dir: Path, fast: bool = False, **overrides: Any) -> SFTConfig:
-    cfg = {**DEMO_SFT, "run": {**DEMO_SFT["run"], "output_dir": str(run_dir), "progress": not fast}}
+def stage_config(recipe: str, run_dir: Path, fast: bool = False, **overrides: dict[str, Any]):
+    """The demo's validated config for a stage, writing into ``run_dir``; ``overrides`` are merged per section."""
+    stage = DEMO_STAGES[recipe]
+    cfg = {section: dict(values) for section, values in stage.settings.items()}
+    cfg["run"].update(output_dir=str(run_dir), progress=not fast)
     if fast:
-        cfg["train"] = {**cfg["train"], "max_steps": 150}
+        cfg["train"]["max_steps"] = stage.fast_steps
     for section, values in overrides.items():
         cfg[section] = {**cfg.get(section, {}), **values}
-    return validate(SFTConfig, cfg, source="demo SFT settings")
+    return validate(stage.config, cfg, source=f"demo {recipe} settings")
 
 
 def train_demo_sft(run_dir: Path, final_copy: Path | None = None, fast: bool = False) -> dict:
     """Run the demo's SFT stage; optionally copy the final model to ``final_copy`` (the demo:sft model)."""
-    from ..recipes.sft import train
-
-    summary = train(demo_sft_config(run_dir, fast=fast))
+    summary = DEMO_STAGES["sft"].train(stage_config("sft", run_dir, fast=fast))
     if final_copy is not None:
         from ..checkpoint import atomic_dir
 
@@ -66,11 +102,21 @@ def score_model(model_path: str, n_prompts: int = 200) -> dict[str, float]:
     return metrics
 
 
-def run_demo(out: str | Path = "runs/demo", fast: bool = False) -> dict[str, dict[str, float]]:
-    """Build the world, score the untrained model, run SFT, score again, print the comparison."""
-    from rich.console import Console
-    from rich.table import Table
+AFTER_SFT = {  # demo stages run from the SFT model: name -> (recipe, per-section overrides)
+    "dpo (+nll)": ("dpo", {}),
+    "simpo": ("dpo", {"dpo": {"loss": "simpo", "beta": 2.0, "simpo_gamma": 0.5, "nll_weight": 0.0}}),
+    "kto": ("kto", {}),
+}
 
+
+def run_demo(out: str | Path = "runs/demo", fast: bool = False, stages: list[str] | None = None
+             ) -> dict[str, dict[str, float]]:
+    """Build the world, score the untrained model, run SFT and the stages after it, print the comparison."""
+    from rich.console import Console
+
+    from ..recipes.runtime import quiet_libraries
+
+    quiet_libraries()
     out = Path(out)
     os.environ["ALIGNKIT_DEMO_DIR"] = str(out.resolve())
     console = Console()
@@ -80,13 +126,27 @@ def run_demo(out: str | Path = "runs/demo", fast: bool = False) -> dict[str, dic
     base = demo_model("base")
     console.print(f"[bold]alignkit demo[/bold]: world in {world.root}, tiny model in {base}")
     results = {"untrained": score_model(str(base))}
-    sft_dir = out / "runs" / "sft"
-    if sft_dir.exists():
-        shutil.rmtree(sft_dir)
-    train_demo_sft(sft_dir, final_copy=out / "sft-model", fast=fast)
+    runs = out / "runs"
+    shutil.rmtree(runs / "sft", ignore_errors=True)
+    train_demo_sft(runs / "sft", final_copy=out / "sft-model", fast=fast)
     results["sft"] = score_model(str(out / "sft-model"))
+    for name, (recipe, overrides) in AFTER_SFT.items():
+        if stages is not None and name.split()[0] not in stages:
+            continue
+        run_dir = runs / name.split()[0]
+        shutil.rmtree(run_dir, ignore_errors=True)
+        console.rule(f"{name}: {recipe} from the SFT model")
+        DEMO_STAGES[recipe].train(stage_config(recipe, run_dir, fast=fast, **overrides))
+        results[name] = score_model(str(run_dir / "final"))
+    print_table(console, results)
+    console.print(f"run folders: {runs}/<stage> (summary.json, training_curves.png, report.html)")
+    return results
 
-    table = Table(title="demo: gold judge on 200 eval prompts (greedy)", title_justify="left")
+
+def print_table(console, results: dict[str, dict[str, float]]) -> None:
+    from rich.table import Table
+
+    table = Table(title="demo: the hidden gold judge on 200 eval prompts (greedy decoding)", title_justify="left")
     columns = {"gold": "gold score", "format": "well-formed rate", "gold[held_out=true]": "gold, held-out pairs",
                "eos_rate": "EOS rate"}
     table.add_column("stage")
@@ -95,5 +155,3 @@ def run_demo(out: str | Path = "runs/demo", fast: bool = False) -> dict[str, dic
     for stage, metrics in results.items():
         table.add_row(stage, *(f"{metrics.get(c, float('nan')):.3f}" for c in columns))
     console.print(table)
-    console.print(f"SFT run folder: {sft_dir} (summary.json, training_curves.png, report.html)")
-    return results

@@ -16,7 +16,6 @@ Departures from the papers:
 
 from __future__ import annotations
 
-import io
 import math
 import time
 from contextlib import nullcontext
@@ -25,14 +24,22 @@ from pathlib import Path
 import torch
 
 from ..batch import SequenceBatch
-from ..checkpoint import atomic_write_bytes, load_checkpoint, save_checkpoint
+from ..checkpoint import load_checkpoint, save_checkpoint
 from ..config import DPOConfig
 from ..data.collate import pad_sequences
 from ..data.prepare import PairRow, load_split, tokenize_pairs
 from ..losses import PREFERENCE_LOSSES, REFERENCE_FREE, aggregate, nll_term, step_denominator
-from ..models import Reference, count_parameters, load_causal_lm, load_reference, load_tokenizer, save_model
+from ..models import (
+    Reference,
+    count_parameters,
+    load_causal_lm,
+    load_reference,
+    load_tokenizer,
+    reference_cache,
+    save_model,
+)
 from ..ops import check_finite, sequence_logps
-from .runtime import Run, finish_run, make_optimizer, make_scheduler, start_run, step_indices, total_steps
+from .runtime import finish_run, make_optimizer, make_scheduler, start_run, step_indices, total_steps
 
 REFERENCE_CACHE = "reference_logps.pt"
 
@@ -47,33 +54,6 @@ def pair_batch(rows: list[PairRow], indices: list[int], pad_id: int) -> Sequence
 def split_pairs(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     half = values.shape[0] // 2
     return values[:half], values[half:]
-
-
-@torch.no_grad()
-def reference_logps_for(reference: Reference, rows: list[PairRow], pad_id: int, batch_size: int,
-                        device: torch.device) -> torch.Tensor:
-    """(N, 2) summed reference log-probs of every pair's chosen and rejected response."""
-    out = []
-    for start in range(0, len(rows), batch_size):
-        batch = pair_batch(rows, list(range(start, min(start + batch_size, len(rows)))), pad_id).to(device)
-        logps, _ = reference.sequence_logps(batch)
-        out.append(torch.stack(split_pairs(logps), dim=-1).float().cpu())
-    return torch.cat(out) if out else torch.zeros(0, 2)
-
-
-def load_or_build_cache(run: Run, reference: Reference, splits: dict[str, list[PairRow]], pad_id: int,
-                        batch_size: int) -> dict[str, torch.Tensor]:
-    """The cached reference log-probs of the run (built on first use, reused on resume)."""
-    path = run.dir / REFERENCE_CACHE
-    if path.is_file():
-        return torch.load(path)
-    cache = {name: reference_logps_for(reference, rows, pad_id, batch_size, run.accelerator.device)
-             for name, rows in splits.items()}
-    if run.is_main:
-        buffer = io.BytesIO()
-        torch.save(cache, buffer)
-        atomic_write_bytes(path, buffer.getvalue())
-    return cache
 
 
 def pair_loss(cfg: DPOConfig, model, batch: SequenceBatch, ref: tuple[torch.Tensor, torch.Tensor] | None
@@ -112,8 +92,9 @@ def metric_name(key: str, split: str = "train") -> str:
 def reference_for(cache: dict[str, torch.Tensor] | None, name: str, reference: Reference | None,
                   batch: SequenceBatch) -> tuple[torch.Tensor, torch.Tensor] | None:
     if cache is not None:
-        ref = cache[name][batch.index.cpu()].to(batch.input_ids.device)
-        return ref[:, 0], ref[:, 1]
+        index = batch.index.cpu()
+        device = batch.input_ids.device
+        return cache[f"{name}_chosen"][index].to(device), cache[f"{name}_rejected"][index].to(device)
     if reference is not None:
         return split_pairs(reference.sequence_logps(batch)[0])
     return None
@@ -172,8 +153,10 @@ def train(cfg: DPOConfig, resume: str | bool | None = None) -> dict:
     if cfg.dpo.loss not in REFERENCE_FREE:
         reference = load_reference(cfg.model, cfg.dpo.reference_model, model, tokenizer, acc.device)
         if cfg.dpo.reference == "cached":
-            cache = load_or_build_cache(run, reference, {"train": train_rows, "eval": eval_rows}, pad_id,
-                                        cfg.train.batch_size * 2)
+            sequences = {f"{split}_{side}": [getattr(r, side) for r in rows] for split, rows in
+                         (("train", train_rows), ("eval", eval_rows)) for side in ("chosen", "rejected")}
+            cache = reference_cache(run.dir / REFERENCE_CACHE, reference, sequences, pad_id, cfg.train.batch_size * 2,
+                                    acc.device, write=run.is_main)
             reference = None  # frees a separate reference model; the cache is all we need
 
     steps = total_steps(cfg.train, len(train_rows), cfg.train.batch_size * cfg.train.grad_accum * acc.num_processes)
