@@ -38,3 +38,28 @@ class SequenceBatch:
 
     def to(self, device: torch.device | str) -> SequenceBatch:
         return type(self)(**{f.name: _move(getattr(self, f.name), device) for f in fields(self)})
+
+
+@dataclass(frozen=True)
+class RankingBatch:
+    """Ranked lists flattened to one row per response, so each response is scored once (pairs are K = 2 lists)."""
+
+    input_ids: Tensor  # (N, L) prompt + response, right-padded; N = total responses over the B lists
+    attention_mask: Tensor  # (N, L)
+    position_ids: Tensor  # (N, L)
+    list_index: Tensor  # (N,) which list (0..B-1) the row belongs to
+    rank: Tensor  # (N,) position in its list, 0 = best
+    margin: Tensor  # (B,) the record's preference margin (pairs), NaN where absent
+    index: Tensor  # (B,) dataset row of each list
+
+    def to(self, device: torch.device | str) -> RankingBatch:
+        return type(self)(**{f.name: _move(getattr(self, f.name), device) for f in fields(self)})
+
+    def scatter(self, scores: Tensor) -> tuple[Tensor, Tensor]:
+        """(N,) per-response scores -> (B, K) best-first matrix and its (B, K) validity mask."""
+        lists, width = self.index.shape[0], int(self.rank.max().item()) + 1
+        out = scores.new_zeros(lists, width)
+        valid = torch.zeros(lists, width, dtype=torch.bool, device=scores.device)
+        out = out.index_put((self.list_index, self.rank), scores)
+        valid[self.list_index, self.rank] = True
+        return out, valid

@@ -10,7 +10,16 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .config import ConfigError, DPOConfig, KTOConfig, SFTConfig, describe_fields, load_config
+from .config import (
+    ConfigError,
+    DPOConfig,
+    EvalConfig,
+    KTOConfig,
+    RMConfig,
+    SFTConfig,
+    describe_fields,
+    load_config,
+)
 from .data.formats import DataError
 
 
@@ -32,8 +41,17 @@ def _lazy(module: str) -> Callable:
     return run
 
 
+def _run_eval(cfg, resume):
+    from .eval import run_eval
+
+    return run_eval(cfg)
+
+
 RECIPES: dict[str, Recipe] = {
     "sft": Recipe(SFTConfig, _lazy("sft"), "supervised fine-tuning on prompt/response or chat data"),
+    "rm": Recipe(RMConfig, _lazy("rm"), "reward model (Bradley-Terry on pairs, all-pairs / Plackett-Luce on rankings)"),
+    "eval": Recipe(EvalConfig, _run_eval,
+                   "evaluate a trained model on held-out data (reward-model mode: accuracy, margins, calibration)"),
     "dpo": Recipe(DPOConfig, _lazy("dpo"), "DPO and its family (cDPO, robust, IPO, hinge, SimPO, ORPO) on preference pairs"),
     "kto": Recipe(KTOConfig, _lazy("kto"), "KTO on unpaired desirable / undesirable examples"),
 }
@@ -65,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="the offline showcase on the built-in arithmetic world (no downloads)")
     demo.add_argument("--out", default="runs/demo", help="folder for the demo's world, models and runs")
     demo.add_argument("--fast", action="store_true", help="fewer SFT steps (a smoke run)")
-    demo.add_argument("--stages", default=None, help="comma-separated stages after SFT (default: all): dpo,simpo,kto")
+    demo.add_argument("--stages", default=None, help="comma-separated stages after SFT (default: all): rm,dpo,simpo,kto")
     return parser
 
 

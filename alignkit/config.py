@@ -297,3 +297,35 @@ class KTOConfig(Section):
     train: TrainConfig = Field(default_factory=lambda: TrainConfig(lr=5e-7, warmup_ratio=0.1), description="optimisation")
     run: RunConfig = Field(default_factory=lambda: RunConfig(output_dir="runs/kto-{time}"), description="outputs, logging, checkpoints")
     kto: KTOSection = Field(default_factory=KTOSection, description="the KTO loss and its reference")
+
+
+# ------------------------------------------------------------------------------------------------ reward model
+class RMSection(Section):
+    loss: Literal["all_pairs", "plackett_luce"] = Field("all_pairs", description="ranking loss: all_pairs = InstructGPT's mean over the K(K-1)/2 pairs (Bradley-Terry on pairs), or listwise plackett_luce")
+    use_margin: bool = Field(False, description="subtract each pair's \"margin\" field inside the Bradley-Terry sigmoid (Llama 2)")
+    center_coef: float = Field(0.0, ge=0, description="weight of the reward-centering term mean(r)^2 that keeps rewards near zero")
+
+
+class RMConfig(Section):
+    """Reward model: a scalar head on a causal-LM backbone, trained on preference pairs or ranked lists."""
+
+    model: ModelConfig = Field(default_factory=lambda: ModelConfig(name_or_path="demo:sft"), description="the backbone (usually the SFT model)")
+    data: DataConfig = Field(default_factory=lambda: _preference_data("demo:prefs"), description="pairs or ranked lists")
+    train: TrainConfig = Field(default_factory=lambda: TrainConfig(lr=1e-5, warmup_ratio=0.05), description="optimisation")
+    run: RunConfig = Field(default_factory=lambda: RunConfig(output_dir="runs/rm-{time}"), description="outputs, logging, checkpoints")
+    rm: RMSection = Field(default_factory=RMSection, description="the ranking loss")
+
+
+class EvalSection(Section):
+    mode: Literal["reward_model"] = Field("reward_model", description="what to evaluate: reward_model = score a preference file with a reward model")
+    batch_size: int = Field(32, ge=1, description="sequences per forward pass")
+    min_accuracy: float = Field(0.7, ge=0, le=1, description="below this pairwise accuracy the summary says the RM is not ready for PPO")
+
+
+class EvalConfig(Section):
+    """Evaluation runs: score held-out data with a trained model and report the figures that say if it is ready."""
+
+    model: ModelConfig = Field(default_factory=lambda: ModelConfig(name_or_path="demo:rm"), description="the model to evaluate")
+    data: DataConfig = Field(default_factory=lambda: _preference_data("demo:prefs_eval"), description="held-out data (data.train is read)")
+    run: RunConfig = Field(default_factory=lambda: RunConfig(output_dir="runs/eval-{time}"), description="where the report goes")
+    eval: EvalSection = Field(default_factory=EvalSection, description="what to evaluate")

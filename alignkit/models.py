@@ -14,6 +14,7 @@ from .checkpoint import atomic_dir
 from .config import ModelConfig
 from .data.templates import ensure_chat_template
 
+REWARD_STATS = "reward_stats.json"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -82,6 +83,29 @@ def _quantization_config(cfg: ModelConfig, device: torch.device, dtype: torch.dt
     )
 
 
+def _load_kwargs(cfg: ModelConfig, device: torch.device) -> dict:
+    dtype = resolve_dtype(cfg.dtype, device)
+    kwargs = {"dtype": dtype, "revision": cfg.revision, "trust_remote_code": cfg.trust_remote_code}
+    if cfg.attn_implementation:
+        kwargs["attn_implementation"] = cfg.attn_implementation
+    quant = _quantization_config(cfg, device, dtype)
+    if quant is not None:
+        kwargs.update(quantization_config=quant, device_map={"": device.index or 0})
+    return kwargs
+
+
+def _finish_loading(model, cfg: ModelConfig, tokenizer, device: torch.device):
+    """Shared tail of loading: vocabulary resize, device, gradient checkpointing."""
+    if len(tokenizer) > model.get_input_embeddings().num_embeddings:
+        model.resize_token_embeddings(len(tokenizer))
+    if "quantization_config" not in model.config.to_dict():
+        model.to(device)
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.config.use_cache = False
+    return model
+
+
 def load_causal_lm(cfg: ModelConfig, tokenizer, device: torch.device | None = None,
                    with_adapter: bool = True) -> PreTrainedModel:
     """A causal LM on ``device`` in the configured dtype, wrapped with a fresh LoRA adapter when asked.
@@ -89,28 +113,16 @@ def load_causal_lm(cfg: ModelConfig, tokenizer, device: torch.device | None = No
     The embeddings are resized when the tokenizer gained tokens (the built-in template's markers).
     """
     device = device or resolve_device(cfg.device)
-    dtype = resolve_dtype(cfg.dtype, device)
-    quant = _quantization_config(cfg, device, dtype)
-    kwargs = {"dtype": dtype, "revision": cfg.revision, "trust_remote_code": cfg.trust_remote_code}
-    if cfg.attn_implementation:
-        kwargs["attn_implementation"] = cfg.attn_implementation
-    if quant is not None:
-        kwargs.update(quantization_config=quant, device_map={"": device.index or 0})
+    kwargs = _load_kwargs(cfg, device)
     path = resolve_model_path(cfg.name_or_path)
     if is_adapter_folder(path):
         model = _load_merged_adapter(path, kwargs)
     else:
         model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
-    if len(tokenizer) > model.get_input_embeddings().num_embeddings:
-        model.resize_token_embeddings(len(tokenizer))
     if model.generation_config is not None:
         model.generation_config.pad_token_id = tokenizer.pad_token_id
         model.generation_config.eos_token_id = tokenizer.eos_token_id
-    if quant is None:
-        model.to(device)
-    if cfg.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        model.config.use_cache = False
+    model = _finish_loading(model, cfg, tokenizer, device)
     if with_adapter and cfg.adapter != "none":
         model = add_lora(model, cfg)
     return model
@@ -133,8 +145,11 @@ def _load_merged_adapter(path: str, kwargs: dict):
     return AutoPeftModelForCausalLM.from_pretrained(path, **kwargs).merge_and_unload()
 
 
-def add_lora(model: PreTrainedModel, cfg: ModelConfig):
-    """Wrap ``model`` with a peft LoRA adapter (QLoRA: after preparing the 4-bit base for training)."""
+def add_lora(model: PreTrainedModel, cfg: ModelConfig, task_type: str = "CAUSAL_LM"):
+    """Wrap ``model`` with a peft LoRA adapter (QLoRA: after preparing the 4-bit base for training).
+
+    task_type SEQ_CLS (reward models, critics) keeps the freshly initialised scalar head fully trainable.
+    """
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
     if cfg.adapter == "qlora":
@@ -143,7 +158,7 @@ def add_lora(model: PreTrainedModel, cfg: ModelConfig):
         model.enable_input_require_grads()  # checkpointed blocks need a grad-requiring input when the base is frozen
     targets = cfg.lora_target_modules
     lora = LoraConfig(
-        r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout, task_type="CAUSAL_LM",
+        r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout, task_type=task_type,
         target_modules=targets if isinstance(targets, str) else list(targets),
     )
     return get_peft_model(model, lora)
@@ -251,3 +266,79 @@ def reference_cache(path: Path, reference: Reference, named: dict[str, list], pa
         torch.save(cache, buffer)
         atomic_write_bytes(path, buffer.getvalue())
     return cache
+
+
+
+# ------------------------------------------------------------------------------------ reward models, critics
+def disable_dropout(model: torch.nn.Module) -> None:
+    """Set every dropout to p = 0: a reward model / critic must score the same text the same way in train mode."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+
+
+def load_reward_model(cfg: ModelConfig, tokenizer, device: torch.device | None = None, trainable: bool = True):
+    """A causal-LM backbone with a scalar head: ``AutoModelForSequenceClassification(num_labels=1)``.
+
+    From a causal LM (usually the SFT model) the head is new and is initialised N(0, 1/(d_model + 1)), the scale of
+    Stiennon et al. 2020, so initial rewards are O(1) whatever the width; from a saved reward model it is kept.
+    Dropout is disabled. With LoRA the head stays fully trainable.
+    """
+    from transformers import AutoModelForSequenceClassification
+
+    device = device or resolve_device(cfg.device)
+    path = resolve_model_path(cfg.name_or_path)
+    model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, **_load_kwargs(cfg, device))
+    model.config.pad_token_id = tokenizer.pad_token_id
+    if not any("ForSequenceClassification" in a for a in (model.config.architectures or [])):
+        head = reward_head(model)
+        with torch.no_grad():
+            torch.nn.init.normal_(head.weight, std=1.0 / (model.config.hidden_size + 1) ** 0.5)
+            if head.bias is not None:
+                head.bias.zero_()
+    disable_dropout(model)
+    model = _finish_loading(model, cfg, tokenizer, device)
+    if trainable and cfg.adapter != "none":
+        model = add_lora(model, cfg, task_type="SEQ_CLS")
+    if not trainable:
+        model.eval()
+        model.requires_grad_(False)
+    return model
+
+
+def reward_head(model) -> torch.nn.Linear:
+    """The scalar head of a sequence-classification model (``score`` in Llama/Qwen/Mistral/Gemma/GPT-2)."""
+    head = getattr(model, "score", None)
+    if not isinstance(head, torch.nn.Linear):
+        raise ValueError(f"{type(model).__name__} has no linear `score` head; use an architecture that has one")
+    return head
+
+
+def token_values(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                 position_ids: torch.Tensor | None = None) -> torch.Tensor:
+    """The scalar head applied at every position: (N, L) -> (N, L). Rewards read it at the last real token;
+    a critic reads it at every response token.
+
+    Computed from the backbone's hidden states rather than the classifier's own pooling, which finds the last token
+    from pad ids and so goes wrong when pad == eos; here the attention mask decides.
+    """
+    inner = model.get_base_model() if is_adapter_model(model) else model
+    inner = getattr(inner, "module", inner)
+    backbone = getattr(inner, inner.base_model_prefix)
+    hidden = backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                      use_cache=False).last_hidden_state
+    return inner.score(hidden).squeeze(-1).float()
+
+
+def save_reward_stats(path: Path, mean: float, std: float, count: int) -> None:
+    """Reward mean / std over the eval responses, stored beside the model so later stages can normalise."""
+    from .checkpoint import atomic_write_json
+
+    atomic_write_json(Path(path) / REWARD_STATS, {"mean": mean, "std": std, "count": count})
+
+
+def load_reward_stats(path: str | Path) -> dict | None:
+    import json
+
+    file = Path(resolve_model_path(str(path))) / REWARD_STATS
+    return json.loads(file.read_text()) if file.is_file() else None

@@ -90,3 +90,14 @@ def sequence_logps(model, input_ids: Tensor, attention_mask: Tensor, position_id
     logps = forward_token_logps(model, input_ids, attention_mask, position_ids)
     mask = loss_mask[:, 1:]
     return masked_sum(logps, mask, dim=-1), mask.sum(-1)
+
+
+def last_token_index(attention_mask: Tensor) -> Tensor:
+    """Index of each row's last real token, under right or left padding: (N, L) -> (N,)."""
+    positions = torch.arange(attention_mask.shape[-1], device=attention_mask.device)
+    return (attention_mask * positions).argmax(-1)
+
+
+def gather_last(values: Tensor, attention_mask: Tensor) -> Tensor:
+    """values[i, last real token of row i]: (N, L) -> (N,). Where a reward model's score is read."""
+    return values.gather(-1, last_token_index(attention_mask).unsqueeze(-1)).squeeze(-1)

@@ -145,7 +145,7 @@ def test_preference_gold_and_label_noise(world, pairs, gold):
 
 def test_kto_label_noise_and_ranked_order(world):
     records = read(world.kto)
-    wrong = sum(r["label"] != (gold_score(r["prompt"], r["completion"]) >= 1.0) for r in records) / len(records)
+    wrong = sum(r["label"] != (gold_score(r["prompt"], r["completion"]) >= 1.5) for r in records) / len(records)
     assert abs(wrong - LABEL_NOISE) < 0.01
     assert 0.3 < sum(r["label"] for r in records) / len(records) < 0.6
     for r in read(world.ranked):
@@ -157,7 +157,8 @@ def test_no_label_noise_and_validation(tmp_path):
     small = WorldSizes(sft=10, prefs=200, prefs_eval=10, ranked=10, kto=200, rl_prompts=10, eval_prompts=10)
     clean = build_world(tmp_path, seed=3, sizes=small, label_noise=0.0)
     assert all(t["gold_chosen_is_first"] for t in read(clean.prefs_gold))
-    assert all(r["label"] == (gold_score(r["prompt"], r["completion"]) >= 1.0) for r in read(clean.kto))
+    assert all(r["label"] == (gold_score(r["prompt"], r["completion"]) >= 1.5) for r in read(clean.kto))
+    assert abs(sum(r["label"] for r in read(clean.kto)) / 200 - 0.5) < 0.01
     assert sum(r["held_out"] for r in read(clean.prompts_eval)) == 10  # fewer eval slots than held-out combos
     with pytest.raises(ValueError, match="WorldSizes.sft"):
         WorldSizes(sft=0)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..batch import SequenceBatch, SFTBatch
+from ..batch import RankingBatch, SequenceBatch, SFTBatch
 from .templates import Tokenized
 
 
@@ -78,3 +78,17 @@ def pad_sequences(rows: Sequence[Tokenized], index: Sequence[int], pad_id: int) 
     plain = pad_batch(rows, pad_id)
     return SequenceBatch(plain.input_ids, plain.attention_mask, plain.position_ids, plain.loss_mask,
                          torch.tensor(list(index), dtype=torch.long))
+
+
+def pad_rankings(rows: Sequence, index: Sequence[int], pad_id: int) -> RankingBatch:
+    """Flatten best-first lists into one row per response (each scored once) with list / rank indices."""
+    flat, list_index, rank = [], [], []
+    for i, row in enumerate(rows):
+        for r, seq in enumerate(row.responses):
+            flat.append(seq)
+            list_index.append(i)
+            rank.append(r)
+    plain = pad_batch(flat, pad_id)
+    margin = torch.tensor([float("nan") if row.margin is None else row.margin for row in rows])
+    return RankingBatch(plain.input_ids, plain.attention_mask, plain.position_ids, torch.tensor(list_index),
+                        torch.tensor(rank), margin, torch.tensor(list(index), dtype=torch.long))

@@ -117,3 +117,41 @@ def tokenize_unpaired(examples: Sequence, tokenizer, data: DataConfig, name: str
     if examples and not rows:
         raise DataError(f"{name}: every example was filtered out ({report.describe(name)}); raise data.max_length?")
     return rows, report
+
+
+@dataclass(frozen=True)
+class RankRow:
+    responses: tuple[Tokenized, ...]  # prompt + response for each response, best first (a pair is K = 2)
+    margin: float | None = None
+
+
+def tokenize_rankings(examples: Sequence, tokenizer, data: DataConfig, name: str) -> tuple[list[RankRow], TokenizeReport]:
+    """Pairs or ranked lists -> best-first lists of tokenized sequences; a list is dropped if any response is."""
+    rows: list[RankRow] = []
+    truncated = long = empty = 0
+    for example in examples:
+        responses = (example.chosen, example.rejected) if hasattr(example, "chosen") else example.responses
+        seqs = [tokenize_conversation(tokenizer, example.prompt + r, first_trained=len(example.prompt),
+                                      max_length=data.max_length) for r in responses]
+        verdicts = {_fits(seq, data) for seq in seqs}
+        if "long" in verdicts:
+            long += 1
+        elif "empty" in verdicts:
+            empty += 1
+        else:
+            truncated += any(seq.truncated for seq in seqs)
+            rows.append(RankRow(tuple(seqs), getattr(example, "margin", None)))
+    report = TokenizeReport(len(rows), truncated, long, empty)
+    if examples and not rows:
+        raise DataError(f"{name}: every record was filtered out ({report.describe(name)}); raise data.max_length?")
+    return rows, report
+
+
+def preference_kind(data: DataConfig) -> str:
+    """"ranked" for ``{"prompt", "responses"}`` records, else "preference" (pairs); read off the first record."""
+    if data.format in ("ranked", "pairwise", "hh"):
+        return "ranked" if data.format == "ranked" else "preference"
+    from .loading import read_records
+
+    records = read_records(resolve_data_source(data.train), split=data.split, subset=data.subset)
+    return "ranked" if records and "responses" in records[0][1] else "preference"

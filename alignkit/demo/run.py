@@ -1,7 +1,8 @@
 """``alignkit demo``: the pipeline on the arithmetic world, offline, on a laptop CPU.
 
 Stages: build the world and the tiny model -> score the untrained model -> SFT -> then, each starting from the SFT
-model, DPO (with an NLL term), KTO and SimPO -> one table of gold scores. Scores come from the hidden gold judge
+model, a reward model (scored against the gold judge), DPO (with an NLL term), SimPO and KTO -> one table of gold
+scores. Scores come from the hidden gold judge
 (correct +1, polite +0.5, rude -0.5, unparseable -1) on eval prompts that include number pairs held out from all
 training data. Every stage is an ordinary recipe run with its own run folder.
 """
@@ -16,7 +17,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from ..config import DPOConfig, KTOConfig, SFTConfig, validate
+from ..config import DPOConfig, KTOConfig, RMConfig, SFTConfig, validate
 from ..data.loading import load_examples
 from ..sampling import SamplingParams
 from .world import format_reward, gold_reward
@@ -30,7 +31,7 @@ class Stage:
 
     @property
     def recipe(self) -> str:
-        return {SFTConfig: "sft", DPOConfig: "dpo", KTOConfig: "kto"}[self.config]
+        return {SFTConfig: "sft", RMConfig: "rm", DPOConfig: "dpo", KTOConfig: "kto"}[self.config]
 
     @property
     def train(self):
@@ -47,6 +48,12 @@ DEMO_STAGES: dict[str, Stage] = {
         "train": {"batch_size": 32, "max_steps": 1000, "lr": 3e-3, "warmup_ratio": 0.05, "weight_decay": 0.01},
         "run": {"log_every": 10, "eval_every": 250, "sample_every": 250, "num_samples": 4,
                 "sample_max_new_tokens": 32, "save_every": 250, "threads": 2},
+    }, fast_steps=150),
+    "rm": Stage(RMConfig, {
+        "model": {"name_or_path": "demo:sft", "device": "cpu"},
+        "data": {"train": "demo:prefs", "eval": "demo:prefs_eval", "max_length": 96},
+        "train": {"batch_size": 32, "max_steps": 300, "lr": 1e-3, "warmup_ratio": 0.05},
+        "run": {"log_every": 10, "eval_every": 100, "save_every": 100, "threads": 2},
     }, fast_steps=150),
     "dpo": Stage(DPOConfig, {
         "model": {"name_or_path": "demo:sft", "device": "cpu"},
@@ -102,6 +109,47 @@ def score_model(model_path: str, n_prompts: int = 200) -> dict[str, float]:
     return metrics
 
 
+def rm_gold_report(model_path: str, n_pairs: int = 500) -> dict[str, float]:
+    """How a reward model agrees with the hidden gold judge on the held-out pairs.
+
+    gold_accuracy: the RM prefers the truly better response (by gold score), whatever the noisy file label says.
+    label_accuracy: agreement with the file's (10% flipped) labels. pearson / spearman: correlation between RM
+    scores and gold scores over every response.
+    """
+    import json
+
+    import torch
+
+    from ..rewards import RewardModelScorer
+    from .assets import demo_world
+    world = demo_world()
+    pairs = load_examples(str(world.prefs_eval), "preference")[:n_pairs]
+    gold = [json.loads(line) for line in world.prefs_eval_gold.read_text().splitlines()][:n_pairs]
+    scorer = RewardModelScorer(model_path, device="cpu")
+    chosen = scorer.score([p.prompt for p in pairs], [p.chosen for p in pairs])
+    rejected = scorer.score([p.prompt for p in pairs], [p.rejected for p in pairs])
+    truly_first = torch.tensor([g["chosen_gold"] > g["rejected_gold"] for g in gold])
+    gold_scores = torch.tensor([g["chosen_gold"] for g in gold] + [g["rejected_gold"] for g in gold])
+    rm_scores = torch.cat([chosen, rejected])
+    return {"gold_accuracy": ((chosen > rejected) == truly_first).float().mean().item(),
+            "label_accuracy": (chosen > rejected).float().mean().item(),
+            "pearson": torch.corrcoef(torch.stack([rm_scores, gold_scores]))[0, 1].item(),
+            "spearman": torch.corrcoef(torch.stack([_ranks(rm_scores), _ranks(gold_scores)]))[0, 1].item()}
+
+
+def _ranks(values):
+    """Average ranks (ties share their mean rank), for Spearman's correlation."""
+    import torch
+
+    order = values.argsort()
+    ranks = torch.empty_like(values)
+    ranks[order] = torch.arange(len(values), dtype=values.dtype)
+    for value in values.unique():
+        tied = values == value
+        ranks[tied] = ranks[tied].mean()
+    return ranks
+
+
 AFTER_SFT = {  # demo stages run from the SFT model: name -> (recipe, per-section overrides)
     "dpo (+nll)": ("dpo", {}),
     "simpo": ("dpo", {"dpo": {"loss": "simpo", "beta": 2.0, "simpo_gamma": 0.5, "nll_weight": 0.0}}),
@@ -130,6 +178,11 @@ def run_demo(out: str | Path = "runs/demo", fast: bool = False, stages: list[str
     shutil.rmtree(runs / "sft", ignore_errors=True)
     train_demo_sft(runs / "sft", final_copy=out / "sft-model", fast=fast)
     results["sft"] = score_model(str(out / "sft-model"))
+    if stages is None or "rm" in stages:
+        shutil.rmtree(runs / "rm", ignore_errors=True)
+        console.rule("rm: reward model from the SFT model, on the noisy preference pairs")
+        DEMO_STAGES["rm"].train(stage_config("rm", runs / "rm", fast=fast))
+        print_rm_report(console, rm_gold_report(str(runs / "rm" / "final")))
     for name, (recipe, overrides) in AFTER_SFT.items():
         if stages is not None and name.split()[0] not in stages:
             continue
@@ -141,6 +194,16 @@ def run_demo(out: str | Path = "runs/demo", fast: bool = False, stages: list[str
     print_table(console, results)
     console.print(f"run folders: {runs}/<stage> (summary.json, training_curves.png, report.html)")
     return results
+
+
+def print_rm_report(console, report: dict[str, float]) -> None:
+    from rich.table import Table
+
+    table = Table(title="demo: reward model on 500 held-out pairs (10% of their labels flipped)", title_justify="left")
+    for label in ("accuracy vs gold judge", "accuracy vs noisy labels", "Pearson r with gold", "Spearman rho with gold"):
+        table.add_column(label, justify="right")
+    table.add_row(*(f"{report[k]:.3f}" for k in ("gold_accuracy", "label_accuracy", "pearson", "spearman")))
+    console.print(table)
 
 
 def print_table(console, results: dict[str, dict[str, float]]) -> None:

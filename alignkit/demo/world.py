@@ -26,7 +26,7 @@ Files written by ``build_world`` (JSONL, one record a line, deterministic given 
                           (first field: the file's "chosen" really is better, i.e. this pair was not flipped)
     prefs_eval.jsonl      same, all combos (held-out included); prefs_eval_gold.jsonl
     ranked.jsonl          {"prompt", "responses"}               4 responses, best first, distinct gold scores
-    kto.jsonl             {"prompt", "completion", "label"}     label = gold >= 1.0, label-noised
+    kto.jsonl             {"prompt", "completion", "label"}     label = gold >= 1.5 (correct, polite), balanced, noised
     prompts_train.jsonl   {"prompt", "answer", "held_out"}      RL prompts, never held out
     prompts_eval.jsonl    {"prompt", "answer", "held_out"}      every held-out combo once, then in-distribution
     world.json            seed, sizes, label_noise and the held-out combinations
@@ -295,14 +295,25 @@ def _ranked(rng: random.Random, combos: list[Combo], n: int, k: int = 4) -> list
     return out
 
 
+KTO_DESIRABLE = 1.5  # a "thumbs up": correct and polite
+
+
 def _kto(rng: random.Random, combos: list[Combo], n: int, label_noise: float) -> list[dict]:
+    """Unpaired thumbs-up / thumbs-down feedback: desirable = correct and polite (gold >= 1.5).
+
+    Records alternate between a desirable and an undesirable completion (rejection-sampled from the usual response
+    distribution), so the two sides are balanced as in a real feedback log, before the label noise.
+    """
     flips = _noisy_indices(rng, n, label_noise)
     out = []
     for i in range(n):
-        combo, prompt = _sample_prompt(rng, combos)
-        completion = _sample_response(rng, combo, MALFORMED_RATE)
-        label = gold_score(prompt, completion) >= 1.0  # correct and not rude
-        out.append({"prompt": prompt, "completion": completion, "label": label != (i in flips)})
+        want = i % 2 == 0
+        while True:
+            combo, prompt = _sample_prompt(rng, combos)
+            completion = _sample_response(rng, combo, MALFORMED_RATE)
+            if (gold_score(prompt, completion) >= KTO_DESIRABLE) == want:
+                break
+        out.append({"prompt": prompt, "completion": completion, "label": want != (i in flips)})
     return out
 
 
