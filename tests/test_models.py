@@ -53,3 +53,13 @@ def test_qlora_without_cuda_is_a_clear_error(demo_base, demo_tokenizer):
 
 def test_trust_remote_code_is_off_by_default():
     assert ModelConfig().trust_remote_code is False
+
+
+def test_gradient_checkpointing_with_lora_trains(demo_base, demo_tokenizer):
+    cfg = ModelConfig(name_or_path=str(demo_base), device="cpu", adapter="lora", lora_r=4, gradient_checkpointing=True)
+    model = load_causal_lm(cfg, demo_tokenizer)
+    model.train()
+    ids = torch.tensor([demo_tokenizer("<|user|>\nWhat is 2 + 3?<|end|>\n", add_special_tokens=False)["input_ids"]])
+    model(input_ids=ids, labels=ids, use_cache=False).loss.backward()
+    grads = [p.grad for n, p in model.named_parameters() if "lora_A" in n]
+    assert grads and all(g is not None and g.abs().sum() > 0 for g in grads)

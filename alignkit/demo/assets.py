@@ -18,7 +18,7 @@ DATA_SETS = {  # demo:<name> as a data source -> WorldPaths attribute
     "sft": "sft", "prefs": "prefs", "prefs_eval": "prefs_eval", "ranked": "ranked", "kto": "kto",
     "prompts": "prompts_train", "prompts_eval": "prompts_eval",
 }
-MODELS = ("base", "sft")
+MODELS = ("base", "sft", "rm")
 
 
 def demo_root() -> Path:
@@ -41,7 +41,8 @@ def demo_data(name: str) -> Path:
 
 
 def demo_model(name: str) -> Path:
-    """demo:base = the untrained tiny model; demo:sft = it after the demo's SFT run (trained on first use)."""
+    """demo:base = the untrained tiny model; demo:sft = it after the demo's SFT run; demo:rm = the demo's reward
+    model trained from demo:sft (each trained on first use)."""
     if name not in MODELS:
         raise ValueError(f'unknown demo model "demo:{name}"; known: {", ".join("demo:" + n for n in MODELS)}')
     path = demo_root() / f"{name}-model"
@@ -54,7 +55,7 @@ def demo_model(name: str) -> Path:
         with atomic_dir(path) as tmp:
             build_base_model(tmp, world, seed=0)
         return path
-    from .run import train_demo_sft
+    from .run import train_demo_stage
 
-    train_demo_sft(demo_root() / "runs" / "sft", final_copy=path)
+    train_demo_stage(name, demo_root() / "runs" / name, final_copy=path)
     return path

@@ -82,9 +82,10 @@ def stage_config(recipe: str, run_dir: Path, fast: bool = False, **overrides: di
     return validate(stage.config, cfg, source=f"demo {recipe} settings")
 
 
-def train_demo_sft(run_dir: Path, final_copy: Path | None = None, fast: bool = False) -> dict:
-    """Run the demo's SFT stage; optionally copy the final model to ``final_copy`` (the demo:sft model)."""
-    summary = DEMO_STAGES["sft"].train(stage_config("sft", run_dir, fast=fast))
+def train_demo_stage(recipe: str, run_dir: Path, final_copy: Path | None = None, fast: bool = False) -> dict:
+    """Run one demo stage; optionally copy its final model to ``final_copy`` (what demo:sft / demo:rm name)."""
+    shutil.rmtree(run_dir, ignore_errors=True)
+    summary = DEMO_STAGES[recipe].train(stage_config(recipe, run_dir, fast=fast))
     if final_copy is not None:
         from ..checkpoint import atomic_dir
 
@@ -175,14 +176,12 @@ def run_demo(out: str | Path = "runs/demo", fast: bool = False, stages: list[str
     console.print(f"[bold]alignkit demo[/bold]: world in {world.root}, tiny model in {base}")
     results = {"untrained": score_model(str(base))}
     runs = out / "runs"
-    shutil.rmtree(runs / "sft", ignore_errors=True)
-    train_demo_sft(runs / "sft", final_copy=out / "sft-model", fast=fast)
+    train_demo_stage("sft", runs / "sft", final_copy=out / "sft-model", fast=fast)
     results["sft"] = score_model(str(out / "sft-model"))
     if stages is None or "rm" in stages:
-        shutil.rmtree(runs / "rm", ignore_errors=True)
         console.rule("rm: reward model from the SFT model, on the noisy preference pairs")
-        DEMO_STAGES["rm"].train(stage_config("rm", runs / "rm", fast=fast))
-        print_rm_report(console, rm_gold_report(str(runs / "rm" / "final")))
+        train_demo_stage("rm", runs / "rm", final_copy=out / "rm-model", fast=fast)
+        print_rm_report(console, rm_gold_report(str(out / "rm-model")))
     for name, (recipe, overrides) in AFTER_SFT.items():
         if stages is not None and name.split()[0] not in stages:
             continue
