@@ -61,5 +61,5 @@ def test_gradient_checkpointing_with_lora_trains(demo_base, demo_tokenizer):
     model.train()
     ids = torch.tensor([demo_tokenizer("<|user|>\nWhat is 2 + 3?<|end|>\n", add_special_tokens=False)["input_ids"]])
     model(input_ids=ids, labels=ids, use_cache=False).loss.backward()
-    grads = [p.grad for n, p in model.named_parameters() if "lora_A" in n]
+    grads = [p.grad for n, p in model.named_parameters() if "lora_B" in n]  # lora_A gets 0: B starts at 0
     assert grads and all(g is not None and g.abs().sum() > 0 for g in grads)

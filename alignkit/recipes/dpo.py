@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from ..batch import SequenceBatch
-from ..checkpoint import load_checkpoint, save_checkpoint
+from ..checkpoint import save_checkpoint
 from ..config import DPOConfig
 from ..data.collate import pad_sequences
 from ..data.prepare import PairRow, load_split, tokenize_pairs
@@ -36,10 +36,9 @@ from ..models import (
     load_reference,
     load_tokenizer,
     reference_cache,
-    save_model,
 )
 from ..ops import check_finite, sequence_logps
-from .runtime import finish_run, make_optimizer, make_scheduler, start_run, step_indices, total_steps
+from .runtime import finish_run, prepare_training, save_final, start_run, step_indices
 
 REFERENCE_CACHE = "reference_logps.pt"
 
@@ -159,17 +158,9 @@ def train(cfg: DPOConfig, resume: str | bool | None = None) -> dict:
                                     acc.device, write=run.is_main)
             reference = None  # frees a separate reference model; the cache is all we need
 
-    steps = total_steps(cfg.train, len(train_rows), cfg.train.batch_size * cfg.train.grad_accum * acc.num_processes)
-    optimizer = make_optimizer(model.parameters(), cfg.train)
-    scheduler = make_scheduler(optimizer, cfg.train, steps)
-    model, optimizer, scheduler = acc.prepare(model, optimizer, scheduler)
+    model, optimizer, scheduler, steps, start = prepare_training(run, model, cfg.train, len(train_rows))
     if reference is not None and reference.policy is not None:
         reference.policy = model
-    start = 0
-    if run.resume_from:
-        start = load_checkpoint(acc, run.resume_from)["step"]
-        run.log.resume(start)
-        run.print(f"resumed from {run.resume_from} at step {start}")
     trainable, total = count_parameters(model)
     run.print(f"dpo ({cfg.dpo.loss}, beta {cfg.dpo.beta}, nll weight {cfg.dpo.nll_weight_value}): "
               f"{len(train_rows)} pairs, {steps} steps, {trainable:,} of {total:,} parameters trainable")
@@ -220,9 +211,7 @@ def train(cfg: DPOConfig, resume: str | bool | None = None) -> dict:
 
     final_eval = evaluate(cfg, model, eval_rows, cache, reference, pad_id, acc.device)
     run.log.log(steps, final_eval)
-    save_checkpoint(acc, run.dir, steps, {}, cfg.run.keep_checkpoints)
-    if run.is_main:
-        save_model(acc.unwrap_model(model), tokenizer, run.dir / "final", merge_adapter=cfg.run.merge_adapter)
+    save_final(run, model, tokenizer, steps, cfg.run)
     warnings = diagnose(run.log)
     for warning in warnings:
         run.print(f"[yellow]warning:[/yellow] {warning}")

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from ..batch import SequenceBatch
-from ..checkpoint import load_checkpoint, save_checkpoint
+from ..checkpoint import save_checkpoint
 from ..config import KTOConfig
 from ..data.collate import pad_sequences
 from ..data.prepare import UnpairedRow, load_split, tokenize_unpaired
@@ -35,10 +35,9 @@ from ..models import (
     load_reference,
     load_tokenizer,
     reference_cache,
-    save_model,
 )
 from ..ops import check_finite, sequence_logps
-from .runtime import finish_run, make_optimizer, make_scheduler, start_run, step_indices, total_steps
+from .runtime import finish_run, prepare_training, save_final, start_run, step_indices
 
 REFERENCE_CACHE = "reference_logps.pt"
 
@@ -157,17 +156,10 @@ def train(cfg: KTOConfig, resume: str | bool | None = None) -> dict:
         cache = reference_cache(run.dir / REFERENCE_CACHE, reference, sequences, pad_id, cfg.train.batch_size * 2,
                                 acc.device, write=run.is_main)
         reference = None
-    steps = total_steps(cfg.train, len(train_rows), cfg.train.batch_size * cfg.train.grad_accum * acc.num_processes)
-    optimizer = make_optimizer(model.parameters(), cfg.train)
-    scheduler = make_scheduler(optimizer, cfg.train, steps)
-    model, optimizer, scheduler = acc.prepare(model, optimizer, scheduler)
+    model, optimizer, scheduler, steps, start = prepare_training(run, model, cfg.train, len(train_rows))
     if reference is not None and reference.policy is not None:
         reference.policy = model
     scorer = Scorer(rows, kl_rows, pad_id, reference, cache)
-    start = 0
-    if run.resume_from:
-        start = load_checkpoint(acc, run.resume_from)["step"]
-        run.log.resume(start)
     trainable, total = count_parameters(model)
     n_good = sum(r.desirable for r in train_rows)
     run.print(f"kto (beta {cfg.kto.beta}): {len(train_rows)} examples ({n_good} desirable, "
@@ -224,9 +216,7 @@ def train(cfg: KTOConfig, resume: str | bool | None = None) -> dict:
 
     final_eval = evaluate(cfg, acc, model, scorer)
     run.log.log(steps, final_eval)
-    save_checkpoint(acc, run.dir, steps, {}, cfg.run.keep_checkpoints)
-    if run.is_main:
-        save_model(acc.unwrap_model(model), tokenizer, run.dir / "final", merge_adapter=cfg.run.merge_adapter)
+    save_final(run, model, tokenizer, steps, cfg.run)
     summary = {"steps": steps, "beta": cfg.kto.beta, "final": {"loss/train": run.log.last("loss/train"), **final_eval},
                "examples_per_s": seen / max(time.time() - clock, 1e-9),
                "data": {"train": train_report.__dict__, "eval": eval_report.__dict__, "desirable": n_good},

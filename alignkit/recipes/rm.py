@@ -21,7 +21,7 @@ from contextlib import nullcontext
 import torch
 
 from ..batch import RankingBatch
-from ..checkpoint import load_checkpoint, save_checkpoint
+from ..checkpoint import save_checkpoint
 from ..config import RMConfig
 from ..data.collate import pad_rankings
 from ..data.prepare import RankRow, load_split, preference_kind, tokenize_rankings
@@ -31,12 +31,11 @@ from ..models import (
     count_parameters,
     load_reward_model,
     load_tokenizer,
-    save_model,
     save_reward_stats,
     token_values,
 )
 from ..ops import check_finite, gather_last
-from .runtime import finish_run, make_optimizer, make_scheduler, start_run, step_indices, total_steps
+from .runtime import finish_run, prepare_training, save_final, start_run, step_indices
 
 READY_ACCURACY = 0.7  # the field's rule of thumb (our seed texts): below this an RM is not ready for PPO
 
@@ -116,14 +115,7 @@ def train(cfg: RMConfig, resume: str | bool | None = None) -> dict:
     run.print(train_report.describe(f"train {kind}"))
     run.print(eval_report.describe(f"eval {kind}"))
 
-    steps = total_steps(cfg.train, len(train_rows), cfg.train.batch_size * cfg.train.grad_accum * acc.num_processes)
-    optimizer = make_optimizer(model.parameters(), cfg.train)
-    scheduler = make_scheduler(optimizer, cfg.train, steps)
-    model, optimizer, scheduler = acc.prepare(model, optimizer, scheduler)
-    start = 0
-    if run.resume_from:
-        start = load_checkpoint(acc, run.resume_from)["step"]
-        run.log.resume(start)
+    model, optimizer, scheduler, steps, start = prepare_training(run, model, cfg.train, len(train_rows))
     trainable, total = count_parameters(model)
     run.print(f"rm ({cfg.rm.loss} on {kind}): {len(train_rows)} lists, {steps} steps, "
               f"{trainable:,} of {total:,} parameters trainable")
@@ -177,11 +169,9 @@ def train(cfg: RMConfig, resume: str | bool | None = None) -> dict:
 
     final_eval = evaluate(cfg, model, eval_rows, pad_id, acc.device)
     run.log.log(steps, final_eval)
-    save_checkpoint(acc, run.dir, steps, {}, cfg.run.keep_checkpoints)
+    save_final(run, model, tokenizer, steps, cfg.run)
     stats = {"mean": final_eval.get("rewards/mean_eval", 0.0), "std": final_eval.get("rewards/std_eval", 1.0)}
     if run.is_main:
-        unwrapped = acc.unwrap_model(model)
-        save_model(unwrapped, tokenizer, run.dir / "final", merge_adapter=cfg.run.merge_adapter)
         n_scores = sum(len(r.responses) for r in eval_rows)
         save_reward_stats(run.dir / "final", stats["mean"], stats["std"], n_scores)
         if cfg.run.merge_adapter and (run.dir / "final" / "merged").is_dir():

@@ -145,6 +145,34 @@ def step_indices(n_rows: int, step: int, batch_size: int, grad_accum: int, seed:
     return out
 
 
+def prepare_training(run: Run, model, train: TrainConfig, n_rows: int):
+    """Optimizer, schedule and accelerate wrapping for ``n_rows`` training rows; restores the checkpoint when
+    resuming. Returns (model, optimizer, scheduler, total steps, step to start after)."""
+    from ..checkpoint import load_checkpoint
+
+    acc = run.accelerator
+    steps = total_steps(train, n_rows, train.batch_size * train.grad_accum * acc.num_processes)
+    optimizer = make_optimizer(model.parameters(), train)
+    scheduler = make_scheduler(optimizer, train, steps)
+    model, optimizer, scheduler = acc.prepare(model, optimizer, scheduler)
+    start = 0
+    if run.resume_from:
+        start = load_checkpoint(acc, run.resume_from)["step"]
+        run.log.resume(start)
+        run.print(f"resumed from {run.resume_from} at step {start}")
+    return model, optimizer, scheduler, steps, start
+
+
+def save_final(run: Run, model, tokenizer, step: int, run_cfg: RunConfig, state: dict | None = None) -> None:
+    """The last checkpoint (resumable) and final/ (the model or adapter with its tokenizer)."""
+    from ..checkpoint import save_checkpoint
+    from ..models import save_model
+
+    save_checkpoint(run.accelerator, run.dir, step, state or {}, run_cfg.keep_checkpoints)
+    if run.is_main:
+        save_model(run.accelerator.unwrap_model(model), tokenizer, run.dir / "final", merge_adapter=run_cfg.merge_adapter)
+
+
 def finish_run(run: Run, summary: dict[str, Any], headline: Sequence[tuple[str, Any]]) -> dict[str, Any]:
     """Write summary.json, training_curves.png and report.html, then print a one-screen summary."""
     wall = time.time() - run.started

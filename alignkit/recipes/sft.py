@@ -20,17 +20,17 @@ from contextlib import nullcontext
 import torch
 
 from ..batch import SFTBatch
-from ..checkpoint import load_checkpoint, save_checkpoint
+from ..checkpoint import save_checkpoint
 from ..config import SFTConfig
 from ..data.collate import pack, pad_batch, pad_packed
 from ..data.formats import Conversation
 from ..data.prepare import load_split, tokenize_sft
 from ..data.templates import tokenize_prompt
 from ..losses import aggregate, sft_loss, step_denominator
-from ..models import count_parameters, load_causal_lm, load_tokenizer, save_model
+from ..models import count_parameters, load_causal_lm, load_tokenizer
 from ..ops import check_finite, forward_token_logps
 from ..sampling import SamplingParams, generate
-from .runtime import Run, finish_run, make_optimizer, make_scheduler, start_run, step_indices, total_steps
+from .runtime import Run, finish_run, prepare_training, save_final, start_run, step_indices
 
 
 def sft_step_loss(model, batch: SFTBatch, denominator: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -89,18 +89,10 @@ def train(cfg: SFTConfig, resume: str | bool | None = None) -> dict:
     run.print(eval_report.describe("eval"))
     if cfg.data.packing:
         train_rows = pack(train_rows, cfg.data.max_length)
-    steps = total_steps(cfg.train, len(train_rows), cfg.train.batch_size * cfg.train.grad_accum * acc.num_processes)
     sample_prompts = [e.messages[:-1] for e in eval_examples[: cfg.run.num_samples]]
     sample_refs = [e.messages[-1].content for e in eval_examples[: cfg.run.num_samples]]
 
-    optimizer = make_optimizer(model.parameters(), cfg.train)
-    scheduler = make_scheduler(optimizer, cfg.train, steps)
-    model, optimizer, scheduler = acc.prepare(model, optimizer, scheduler)
-    start = 0
-    if run.resume_from:
-        start = load_checkpoint(acc, run.resume_from)["step"]
-        run.log.resume(start)
-        run.print(f"resumed from {run.resume_from} at step {start}")
+    model, optimizer, scheduler, steps, start = prepare_training(run, model, cfg.train, len(train_rows))
     trainable, total = count_parameters(model)
     run.print(f"sft: {len(train_rows)} train rows, {len(eval_rows)} eval, {steps} steps, "
               f"{trainable:,} of {total:,} parameters trainable, device {acc.device}")
@@ -155,9 +147,7 @@ def train(cfg: SFTConfig, resume: str | bool | None = None) -> dict:
     if final_eval:
         run.log.log(steps, final_eval)
     sample_rows(run, model, tokenizer, sample_prompts, sample_refs, steps, cfg.run.sample_max_new_tokens)
-    save_checkpoint(acc, run.dir, steps, {"tokens_seen": tokens_seen}, cfg.run.keep_checkpoints)
-    if run.is_main:
-        save_model(acc.unwrap_model(model), tokenizer, run.dir / "final", merge_adapter=cfg.run.merge_adapter)
+    save_final(run, model, tokenizer, steps, cfg.run, {"tokens_seen": tokens_seen})
     elapsed = time.time() - clock
     best = run.log.best("loss/eval")
     summary = {
@@ -165,6 +155,7 @@ def train(cfg: SFTConfig, resume: str | bool | None = None) -> dict:
         "final": {"loss/train": run.log.last("loss/train"), **final_eval},
         "best": {"loss/eval": best[0], "step": best[1]} if best else {},
         "tokens_per_s": tokens_seen / max(elapsed, 1e-9),
+        "train_time_s": round(elapsed, 2),
         "data": {"train": train_report.__dict__, "eval": eval_report.__dict__, "packed_rows": cfg.data.packing},
         "parameters": {"trainable": trainable, "total": total},
     }
