@@ -63,3 +63,32 @@ class RankingBatch:
         out = out.index_put((self.list_index, self.rank), scores)
         valid[self.list_index, self.rank] = True
         return out, valid
+
+
+@dataclass(frozen=True)
+class RolloutBatch:
+    """Sampled responses laid out as [left-padded prompt | right-padded response], ready for scoring passes.
+
+    P = prompt width (longest prompt), R = response width (longest response). Response token t of row i is
+    input_ids[i, P + t], predicted from the logits at position P + t - 1.
+    """
+
+    input_ids: Tensor  # (B, P + R)
+    attention_mask: Tensor  # (B, P + R) 1 on real prompt and response tokens
+    position_ids: Tensor  # (B, P + R) 0.. from each row's first real token (left padding aware)
+    response_mask: Tensor  # (B, R) 1 on response tokens, the EOS included
+    finished: Tensor  # (B,) bool, the response ended with EOS (False: cut at the length limit)
+    prompt_width: int  # P
+
+    @property
+    def response_ids(self) -> Tensor:  # (B, R)
+        return self.input_ids[:, self.prompt_width :]
+
+    def to(self, device: torch.device | str) -> RolloutBatch:
+        return type(self)(**{f.name: _move(getattr(self, f.name), device) for f in fields(self)})
+
+    def select(self, rows: Tensor | list[int]) -> RolloutBatch:
+        """A mini-batch of rows (same P and R, so per-token tensors of the whole batch index the same way)."""
+        rows = torch.as_tensor(rows, device=self.input_ids.device)
+        return type(self)(self.input_ids[rows], self.attention_mask[rows], self.position_ids[rows],
+                          self.response_mask[rows], self.finished[rows], self.prompt_width)

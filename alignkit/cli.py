@@ -14,7 +14,9 @@ from .config import (
     ConfigError,
     DPOConfig,
     EvalConfig,
+    GRPOConfig,
     KTOConfig,
+    PPOConfig,
     RMConfig,
     SFTConfig,
     describe_fields,
@@ -52,6 +54,8 @@ RECIPES: dict[str, Recipe] = {
     "rm": Recipe(RMConfig, _lazy("rm"), "reward model (Bradley-Terry on pairs, all-pairs / Plackett-Luce on rankings)"),
     "eval": Recipe(EvalConfig, _run_eval,
                    "evaluate a trained model on held-out data (reward-model mode: accuracy, margins, calibration)"),
+    "ppo": Recipe(PPOConfig, _lazy("ppo"), "PPO with a critic (RLHF): actor, critic, frozen reference and reward"),
+    "grpo": Recipe(GRPOConfig, _lazy("grpo"), "GRPO / GSPO / Dr.GRPO / RLOO / REINFORCE++ with pluggable rewards"),
     "dpo": Recipe(DPOConfig, _lazy("dpo"), "DPO and its family (cDPO, robust, IPO, hinge, SimPO, ORPO) on preference pairs"),
     "kto": Recipe(KTOConfig, _lazy("kto"), "KTO on unpaired desirable / undesirable examples"),
 }

@@ -329,3 +329,125 @@ class EvalConfig(Section):
     data: DataConfig = Field(default_factory=lambda: _preference_data("demo:prefs_eval"), description="held-out data (data.train is read)")
     run: RunConfig = Field(default_factory=lambda: RunConfig(output_dir="runs/eval-{time}"), description="where the report goes")
     eval: EvalSection = Field(default_factory=EvalSection, description="what to evaluate")
+
+
+# ------------------------------------------------------------------------------------------------ RL stages
+class RewardSource(Section):
+    """One reward source; a run sums them with their weights and logs each one separately."""
+
+    name: str | None = Field(None, description="metric name for this source (default: derived from it)")
+    fn: str | None = Field(None, description="Python reward function: module:function or path/to/file.py:function, called fn(prompts, completions, **fields) -> list[float]")
+    builtin: Literal["regex", "length", "repetition", "demo_gold", "demo_format"] | None = Field(None, description="a built-in reward (args configure it)")
+    reward_model: str | None = Field(None, description="a reward model folder from alignkit rm (or demo:rm)")
+    judge: str | None = Field(None, description="a causal LM used as a judge (RLAIF): it is asked args.template and its first number is the score")
+    normalize: bool = Field(True, description="reward models: normalise with the mean / std stored beside the model")
+    weight: float = Field(1.0, description="multiplier of this source in the total reward")
+    args: dict[str, Any] = Field(default_factory=dict, description="keyword arguments for builtins and judges")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> RewardSource:
+        given = [k for k in ("fn", "builtin", "reward_model", "judge") if getattr(self, k)]
+        if len(given) != 1:
+            raise ValueError(f"a reward source needs exactly one of fn, builtin, reward_model, judge (got {given or 'none'})")
+        return self
+
+    @property
+    def label(self) -> str:
+        if self.name:
+            return self.name
+        if self.fn:
+            return self.fn.rsplit(":", 1)[-1]
+        if self.builtin:
+            return self.builtin
+        return "reward_model" if self.reward_model else "judge"
+
+
+class SamplingSection(Section):
+    max_new_tokens: int = Field(64, ge=1, description="response token budget per rollout")
+    temperature: float = Field(1.0, gt=0, description="sampling temperature (log-probs are computed at the same temperature)")
+    top_p: float = Field(1.0, gt=0, le=1, description="nucleus sampling mass")
+    top_k: int = Field(0, ge=0, description="top-k filter; 0 = off")
+
+
+class GRPOSection(Section):
+    group_size: int = Field(8, ge=2, description="G, responses sampled per prompt")
+    advantage: Literal["grpo", "dr_grpo", "rloo", "reinforce_pp"] = Field("grpo", description="baseline: group mean/std (GRPO), group mean (Dr.GRPO), leave-one-out (RLOO), group mean / batch std (REINFORCE++)")
+    ratio: Literal["token", "sequence"] = Field("token", description="importance ratio per token (GRPO/PPO) or per sequence, length-normalised (GSPO)")
+    clip_low: float | None = Field(None, ge=0, description="lower clip epsilon; None = 0.2 (token) or 3e-4 (sequence)")
+    clip_high: float | None = Field(None, ge=0, description="upper clip epsilon (DAPO clip-higher: larger than clip_low); None = 0.2 (token) or 4e-4 (sequence)")
+    num_iterations: int = Field(1, ge=1, description="mu: policy updates per rollout batch; with 1, old log-probs are the current ones (no extra forward)")
+    micro_batch_size: int = Field(16, ge=1, description="sequences per forward / backward (memory knob; does not change the result)")
+    loss_aggregation: Literal["token_mean", "seq_mean_token_mean", "seq_mean_token_sum"] = Field("token_mean", description="token_mean (DAPO), seq_mean_token_mean (GRPO paper), seq_mean_token_sum (Dr.GRPO: / max_new_tokens)")
+    beta: float = Field(0.0, ge=0, description="KL-to-reference loss coefficient (k3 estimator); 0 = no reference model loaded")
+    kl_estimator: Literal["k1", "k2", "k3"] = Field("k3", description="per-token KL estimator used for the KL loss")
+    entropy_coef: float = Field(0.0, ge=0, description="entropy bonus coefficient")
+    dynamic_sampling: bool = Field(False, description="drop groups whose rewards are all equal (DAPO); the fraction is reported")
+    overlong_penalty: float = Field(0.0, ge=0, description="subtracted from the reward of responses that hit max_new_tokens without EOS")
+    mask_truncated: bool = Field(False, description="give truncated (no-EOS) responses no gradient at all")
+
+    @property
+    def clip_range(self) -> tuple[float, float]:
+        """(low, high) in force: GSPO's ratios live near 1 +- 1e-4, so its defaults are tiny."""
+        low, high = (3e-4, 4e-4) if self.ratio == "sequence" else (0.2, 0.2)
+        return (self.clip_low if self.clip_low is not None else low, self.clip_high if self.clip_high is not None else high)
+
+
+def _demo_rewards() -> list[RewardSource]:
+    return [RewardSource(builtin="demo_gold")]
+
+
+class GRPOConfig(Section):
+    """Group-relative policy optimisation (GRPO, GSPO, Dr.GRPO, DAPO options, RLOO, REINFORCE++) on prompt-only data."""
+
+    model: ModelConfig = Field(default_factory=lambda: ModelConfig(name_or_path="demo:sft"), description="the policy (usually the SFT model)")
+    data: DataConfig = Field(default_factory=lambda: DataConfig(train="demo:prompts", eval="demo:prompts_eval", max_length=256), description="prompt-only records; extra fields go to reward functions")
+    train: TrainConfig = Field(default_factory=lambda: TrainConfig(lr=1e-6, batch_size=8, warmup_ratio=0.0, max_steps=100), description="optimisation; batch_size = prompts per rollout step")
+    run: RunConfig = Field(default_factory=lambda: RunConfig(output_dir="runs/grpo-{time}"), description="outputs, logging, checkpoints")
+    sampling: SamplingSection = Field(default_factory=SamplingSection, description="rollout sampling")
+    grpo: GRPOSection = Field(default_factory=GRPOSection, description="the algorithm")
+    rewards: list[RewardSource] = Field(default_factory=_demo_rewards, description="reward sources, summed with their weights")
+
+
+class PPOSection(Section):
+    ppo_epochs: int = Field(4, ge=1, description="passes over each rollout batch")
+    mini_batch_size: int = Field(8, ge=1, description="sequences per optimizer step within a pass")
+    micro_batch_size: int = Field(8, ge=1, description="sequences per forward / backward (memory knob; no effect on the result)")
+    clip_low: float = Field(0.2, ge=0, description="policy ratio clip below 1")
+    clip_high: float = Field(0.2, ge=0, description="policy ratio clip above 1 (raise it for DAPO-style clip-higher)")
+    dual_clip: float | None = Field(None, gt=1, description="dual-clip bound c for negative advantages (e.g. 3.0); None = off")
+    value_clip: float | None = Field(0.2, ge=0, description="clip the critic's change per update (PPO2); None = plain squared error")
+    critic_lr: float = Field(1e-5, gt=0, description="critic learning rate (the actor uses train.lr)")
+    critic_model: str | None = Field(None, description="critic initialisation; None = the first reward model source, else the policy with a new value head")
+    critic_warmup_steps: int = Field(0, ge=0, description="rollout steps that train only the critic (lets values settle first)")
+    gamma: float = Field(1.0, ge=0, le=1, description="discount over response tokens")
+    lam: float = Field(0.95, ge=0, le=1, description="GAE lambda")
+    whiten_advantages: bool = Field(True, description="normalise advantages to zero mean, unit variance over valid tokens")
+    kl_coef: float = Field(0.05, ge=0, description="initial coefficient of the per-token KL penalty to the reference")
+    kl_estimator: Literal["k1", "k3"] = Field("k1", description="per-token KL estimator in the penalty: k1 (log ratio, classic RLHF) or k3 (non-negative)")
+    kl_in_loss: bool = Field(False, description="put beta * KL in the policy loss instead of the reward (GRPO style)")
+    adaptive_kl: bool = Field(False, description="adapt kl_coef with the proportional controller of Ziegler et al.")
+    kl_target: float = Field(6.0, gt=0, description="adaptive KL: target per-sequence KL (nats)")
+    kl_horizon: int = Field(10000, ge=1, description="adaptive KL: horizon (sequences) of the controller")
+    reward_clip: float = Field(10.0, gt=0, description="clip the (normalised) sequence score to +- this")
+    missing_eos_penalty: float = Field(0.0, ge=0, description="subtracted from the score of responses that hit max_new_tokens without EOS")
+    mask_truncated: bool = Field(False, description="give truncated (no-EOS) responses no gradient instead")
+    length_penalty: float = Field(0.0, ge=0, description="subtracted from the score per response token")
+    entropy_coef: float = Field(0.0, ge=0, description="entropy bonus coefficient")
+
+
+class PPOConfig(Section):
+    """PPO with a critic (InstructGPT-style RLHF): actor, critic, frozen reference, frozen reward."""
+
+    model: ModelConfig = Field(default_factory=lambda: ModelConfig(name_or_path="demo:sft"), description="the actor (usually the SFT model); also the reference")
+    data: DataConfig = Field(default_factory=lambda: DataConfig(train="demo:prompts", eval="demo:prompts_eval", max_length=256), description="prompt-only records")
+    train: TrainConfig = Field(default_factory=lambda: TrainConfig(lr=1e-6, batch_size=16, warmup_ratio=0.0, max_steps=100), description="optimisation; batch_size = prompts per rollout step")
+    run: RunConfig = Field(default_factory=lambda: RunConfig(output_dir="runs/ppo-{time}"), description="outputs, logging, checkpoints")
+    sampling: SamplingSection = Field(default_factory=SamplingSection, description="rollout sampling")
+    ppo: PPOSection = Field(default_factory=PPOSection, description="the algorithm")
+    rewards: list[RewardSource] = Field(default_factory=lambda: [RewardSource(reward_model="demo:rm")], description="reward sources (a reward model, Python functions), summed with weights")
+
+    @property
+    def critic_path(self) -> str:
+        """The critic starts from ppo.critic_model, else the first reward model, else the policy (new value head)."""
+        models = [s.reward_model for s in self.rewards if s.reward_model]
+        return self.ppo.critic_model or (models[0] if models else self.model.name_or_path)

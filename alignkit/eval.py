@@ -2,37 +2,19 @@
 reward model, any Python function), and report means, EOS rate and length.
 
 Reward functions have the signature ``fn(prompts: list[str], completions: list[str], **fields) -> list[float]``,
-where ``prompts`` are the last user turns and ``fields`` the dataset's extra columns.
+where ``prompts`` are the last user turns and ``fields`` the dataset's extra columns (see rewards.py).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from statistics import fmean
 from typing import Any
 
 from .data.formats import PromptExample
 from .data.templates import tokenize_prompt
+from .rewards import RewardFn, call_reward
 from .sampling import SamplingParams, generate
-
-RewardFn = Callable[..., list[float]]
-
-
-def call_reward(name: str, fn: RewardFn, prompts: list[str], completions: list[str],
-                fields: dict[str, list[Any]]) -> list[float]:
-    """Call a reward function and check what it returns (length, type, finiteness), naming it on error."""
-    import math
-
-    scores = fn(prompts, completions, **fields)
-    if not isinstance(scores, (list, tuple)) or len(scores) != len(completions):
-        got = f"{type(scores).__name__} of length {len(scores)}" if hasattr(scores, "__len__") else type(scores).__name__
-        raise ValueError(f"reward function {name} must return a list of {len(completions)} floats, got {got}")
-    out = []
-    for i, score in enumerate(scores):
-        if isinstance(score, bool) or not isinstance(score, (int, float)) or not math.isfinite(score):
-            raise ValueError(f"reward function {name} returned {score!r} for completion {i}; expected a finite float")
-        out.append(float(score))
-    return out
 
 
 def evaluate_policy(model, tokenizer, examples: Sequence[PromptExample], scorers: dict[str, RewardFn],

@@ -337,3 +337,69 @@ def reward_centering(rewards: Tensor, valid: Tensor | None = None) -> Tensor:
     valid = valid.bool()
     total = torch.where(valid, rewards, torch.zeros_like(rewards)).sum(-1)
     return (total / valid.sum(-1).clamp(min=1)) ** 2
+
+
+# ------------------------------------------------------------------------------------ policy-gradient losses
+# Shapes: logps, old_logps: (B, T) log-probs of the sampled response tokens under the current policy and the
+# policy that sampled them; advantages (B, T) (per-sequence advantages broadcast over tokens); mask (B, T).
+def _clip_stats(ratio: Tensor, advantages: Tensor, mask: Tensor, clip_low: float, clip_high: float,
+                log_ratio: Tensor) -> Stats:
+    """Per-token diagnostics (detached): where clipping bit, on which side, and how far the policy moved."""
+    with torch.no_grad():
+        low = ((ratio < 1 - clip_low) & (advantages < 0)).float() * mask
+        high = ((ratio > 1 + clip_high) & (advantages > 0)).float() * mask
+        return {"clip_low": low, "clip_high": high, "clipfrac": low + high,
+                "approx_kl": (torch.exp(log_ratio) - 1 - log_ratio) * mask,  # k3 of KL(old || new)
+                "ratio": ratio.detach() * mask}
+
+
+def ppo_policy_loss(logps: Tensor, old_logps: Tensor, advantages: Tensor, mask: Tensor, clip_low: float = 0.2,
+                    clip_high: float = 0.2, dual_clip: float | None = None) -> tuple[Tensor, Stats]:
+    """PPO clipped surrogate (Schulman et al. 2017, eq. 7), per token, with decoupled clip range (DAPO's
+    clip-higher: clip_high > clip_low) and optional dual clip (Ye et al. 2020: for A < 0 the loss is capped at
+    -dual_clip * A, so one very off-policy token cannot dominate).
+
+    loss_t = -min(ratio_t A_t, clip(ratio_t, 1 - clip_low, 1 + clip_high) A_t), ratio = exp(logps - old_logps).
+    Returns (B, T) per-token loss (0 where mask is 0) and per-token stats.
+    """
+    log_ratio = logps - old_logps
+    ratio = torch.exp(log_ratio)
+    loss = -torch.min(ratio * advantages, torch.clamp(ratio, 1 - clip_low, 1 + clip_high) * advantages)
+    if dual_clip is not None:
+        if dual_clip <= 1:
+            raise ValueError(f"dual_clip must be > 1, got {dual_clip}")
+        loss = torch.where(advantages < 0, torch.min(loss, -dual_clip * advantages), loss)
+    return loss * mask, _clip_stats(ratio, advantages, mask, clip_low, clip_high, log_ratio)
+
+
+def gspo_policy_loss(logps: Tensor, old_logps: Tensor, advantages: Tensor, mask: Tensor, clip_low: float = 3e-4,
+                     clip_high: float = 4e-4, dual_clip: float | None = None) -> tuple[Tensor, Stats]:
+    """GSPO (Zheng et al. 2025, eq. 5-7): a sequence-level, length-normalised importance ratio
+    s_i = exp(mean_t (logps - old_logps)), clipped to [1 - clip_low, 1 + clip_high] (tiny ranges: it is a
+    per-token geometric mean), applied to the sequence's advantage. Written in the "GSPO-token" form
+    s_i,t = sg[s_i] * exp(logps_t - sg[logps_t]), which has the same value and gradient as GSPO when the advantage
+    is per sequence, and returns per-token values (B, T) for ``aggregate``.
+    """
+    if dual_clip is not None:
+        raise ValueError("dual_clip is defined for token-level ratios; GSPO clips the sequence ratio only")
+    log_ratio = logps - old_logps
+    seq_log_ratio = (log_ratio * mask).sum(-1, keepdim=True) / mask.sum(-1, keepdim=True).clamp(min=1)
+    ratio = torch.exp(seq_log_ratio.detach() + logps - logps.detach())
+    loss = -torch.min(ratio * advantages, torch.clamp(ratio, 1 - clip_low, 1 + clip_high) * advantages)
+    return loss * mask, _clip_stats(ratio, advantages, mask, clip_low, clip_high, log_ratio)
+
+
+POLICY_LOSSES: dict[str, Callable[..., tuple[Tensor, Stats]]] = {"token": ppo_policy_loss, "sequence": gspo_policy_loss}
+
+
+def value_loss(values: Tensor, old_values: Tensor, returns: Tensor, mask: Tensor,
+               clip: float | None = 0.2) -> tuple[Tensor, Stats]:
+    """Clipped value loss (PPO2 baselines / InstructGPT), per token:
+    0.5 * max((V - R)^2, (old_V + clip(V - old_V, -clip, clip) - R)^2). ``clip=None`` is the plain squared error.
+    values, old_values (critic at rollout time), returns: (B, T). Returns (B, T) and stats (clipped fraction)."""
+    plain = (values - returns) ** 2
+    if clip is None:
+        return 0.5 * plain * mask, {"value_clipfrac": torch.zeros_like(plain)}
+    clipped_values = old_values + torch.clamp(values - old_values, -clip, clip)
+    clipped = (clipped_values - returns) ** 2
+    return 0.5 * torch.max(plain, clipped) * mask, {"value_clipfrac": ((clipped > plain).float() * mask).detach()}

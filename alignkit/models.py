@@ -5,6 +5,7 @@ Later stages add the reward model and critic here (a causal-LM backbone with a s
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import torch
@@ -209,21 +210,36 @@ class Reference:
         self.policy = policy  # adapter-disabled mode
         self.model = model  # separate frozen model
 
-    @torch.no_grad()
-    def sequence_logps(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
-        from .ops import sequence_logps
-
-        args = (batch.input_ids, batch.attention_mask, batch.position_ids, batch.loss_mask)
+    @contextlib.contextmanager
+    def active(self):
+        """The module to run as the reference: the frozen copy, or the policy in eval mode with its adapter off."""
         if self.model is not None:
-            return sequence_logps(self.model, *args)
+            yield self.model
+            return
         policy = getattr(self.policy, "module", self.policy)
         was_training = policy.training
         policy.eval()
         try:
             with policy.disable_adapter():
-                return sequence_logps(policy, *args)
+                yield policy
         finally:
             policy.train(was_training)
+
+    @torch.no_grad()
+    def sequence_logps(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """Summed response log-probs (N,) and response lengths (N,) of a SequenceBatch."""
+        from .ops import sequence_logps
+
+        with self.active() as model:
+            return sequence_logps(model, batch.input_ids, batch.attention_mask, batch.position_ids, batch.loss_mask)
+
+    @torch.no_grad()
+    def response_logps(self, batch, temperature: float = 1.0) -> torch.Tensor:
+        """Per-token log-probs (B, R) of a RolloutBatch's responses."""
+        from .ops import response_logps
+
+        with self.active() as model:
+            return response_logps(model, batch, temperature)[0]
 
 
 def load_reference(cfg: ModelConfig, reference_path: str | None, policy, tokenizer, device) -> Reference:

@@ -101,3 +101,38 @@ def last_token_index(attention_mask: Tensor) -> Tensor:
 def gather_last(values: Tensor, attention_mask: Tensor) -> Tensor:
     """values[i, last real token of row i]: (N, L) -> (N,). Where a reward model's score is read."""
     return values.gather(-1, last_token_index(attention_mask).unsqueeze(-1)).squeeze(-1)
+
+
+def kl_estimate(logps: Tensor, ref_logps: Tensor, kind: str = "k3") -> Tensor:
+    """Per-token estimate of KL(pi || pi_ref) from samples of pi (Schulman, "Approximating KL Divergence", 2020).
+
+    log_ratio = logps - ref_logps. k1 = log_ratio (unbiased, can be negative), k2 = log_ratio^2 / 2,
+    k3 = exp(-log_ratio) - 1 + log_ratio (unbiased, always >= 0; what GRPO uses as a loss). (B, T) -> (B, T).
+    """
+    log_ratio = logps - ref_logps
+    if kind == "k1":
+        return log_ratio
+    if kind == "k2":
+        return 0.5 * log_ratio**2
+    if kind == "k3":
+        return torch.exp(-log_ratio) - 1 + log_ratio
+    raise ValueError(f"unknown KL estimator {kind!r}; expected k1, k2 or k3")
+
+
+def response_logps(model, batch, temperature: float = 1.0, with_entropy: bool = False) -> tuple[Tensor, Tensor | None]:
+    """Log-probs (B, R) of a RolloutBatch's response tokens under ``model``, with logits divided by the sampling
+    temperature (the distribution the tokens were actually drawn from); optionally the entropy (B, R)."""
+    logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids,
+                   use_cache=False).logits
+    logits = logits[:, batch.prompt_width - 1 : -1]
+    if temperature != 1.0:
+        logits = logits / temperature
+    logps = token_logps(logits, batch.response_ids)
+    return logps, (entropy_from_logits(logits) if with_entropy else None)
+
+
+def explained_variance(values: Tensor, returns: Tensor, mask: Tensor) -> Tensor:
+    """1 - Var(returns - values) / Var(returns) over masked tokens: 1 perfect critic, 0 no better than a constant,
+    negative worse than one."""
+    var_returns = masked_var(returns, mask)
+    return 1 - masked_var(returns - values, mask) / var_returns.clamp(min=1e-8)

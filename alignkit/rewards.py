@@ -1,24 +1,117 @@
-"""Reward sources. For now: a trained reward model as a scorer of (prompt, response) conversations, with the
-normalisation statistics stored beside it by ``alignkit rm``.
+"""Reward sources: Python functions (yours, or built-in), a trained reward model, an LLM judge; combined with
+weights into one reward per completion, each source reported separately.
+
+Every source is called like a reward function: ``fn(prompts, completions, **fields) -> list[float]`` where
+``prompts`` are the last user turns, ``completions`` the generated texts and ``fields`` the dataset's extra columns
+(lists aligned with the prompts). A bad reference or a bad return value is an error that names the function.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import importlib
+import importlib.util
+import math
+import re
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
 
 import torch
 
-from .config import ModelConfig
+from .config import ModelConfig, RewardSource
 from .data.collate import pad_batch
-from .data.formats import Conversation
+from .data.formats import Conversation, Message
 from .data.templates import tokenize_conversation
 from .models import load_reward_model, load_reward_stats, load_tokenizer, resolve_device, token_values
 from .ops import gather_last
 
+RewardFn = Callable[..., list[float]]
 
+
+# ------------------------------------------------------------------------------------------ Python functions
+def load_function(reference: str) -> RewardFn:
+    """``package.module:function`` or ``path/to/file.py:function`` -> the callable."""
+    if ":" not in reference:
+        raise ValueError(f'reward function "{reference}": expected module:function or path/to/file.py:function')
+    target, name = reference.rsplit(":", 1)
+    try:
+        if target.endswith(".py"):
+            path = Path(target)
+            if not path.is_file():
+                raise ValueError(f'reward function "{reference}": file {path} not found')
+            spec = importlib.util.spec_from_file_location(f"alignkit_reward_{path.stem}", path)
+            module = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(module)  # type: ignore[union-attr]
+        else:
+            module = importlib.import_module(target)
+    except ImportError as exc:
+        raise ValueError(f'reward function "{reference}": cannot import {target} ({exc})') from None
+    fn = getattr(module, name, None)
+    if not callable(fn):
+        raise ValueError(f'reward function "{reference}": {target} has no function named {name}')
+    return fn
+
+
+def call_reward(name: str, fn: RewardFn, prompts: list[str], completions: list[str],
+                fields: dict[str, list[Any]]) -> list[float]:
+    """Call a reward function and check what it returns (length, type, finiteness), naming it on error."""
+    scores = fn(prompts, completions, **fields)
+    if isinstance(scores, torch.Tensor):
+        scores = scores.tolist()
+    if not isinstance(scores, (list, tuple)) or len(scores) != len(completions):
+        got = f"{type(scores).__name__} of length {len(scores)}" if hasattr(scores, "__len__") else type(scores).__name__
+        raise ValueError(f"reward function {name} must return a list of {len(completions)} floats, got {got}")
+    out = []
+    for i, score in enumerate(scores):
+        if isinstance(score, bool) or not isinstance(score, (int, float)) or not math.isfinite(score):
+            raise ValueError(f"reward function {name} returned {score!r} for completion {i}; expected a finite float")
+        out.append(float(score))
+    return out
+
+
+# ----------------------------------------------------------------------------------------------- built-ins
+def regex_reward(prompts, completions, pattern: str = r".", full: bool = False, **_) -> list[float]:
+    """1.0 where the completion matches ``pattern`` (re.search, or re.fullmatch with full), else 0.0."""
+    match = re.compile(pattern, re.DOTALL)
+    test = match.fullmatch if full else match.search
+    return [float(test(c) is not None) for c in completions]
+
+
+def length_reward(prompts, completions, target: int = 200, unit: str = "chars", **_) -> list[float]:
+    """-|length - target| / target: 0 at the target length, more negative further from it (a length penalty)."""
+    size = (lambda c: len(c.split())) if unit == "words" else len
+    return [-abs(size(c) - target) / max(target, 1) for c in completions]
+
+
+def repetition_reward(prompts, completions, n: int = 3, **_) -> list[float]:
+    """-(fraction of repeated word n-grams): 0 for no repetition, towards -1 for a loop."""
+    out = []
+    for c in completions:
+        words = c.split()
+        grams = [tuple(words[i : i + n]) for i in range(len(words) - n + 1)]
+        out.append(-(1 - len(set(grams)) / len(grams)) if grams else 0.0)
+    return out
+
+
+def _demo(name: str) -> RewardFn:
+    def fn(prompts, completions, **fields):
+        from .demo import world
+
+        return getattr(world, name)(prompts, completions, **fields)
+
+    return fn
+
+
+BUILTINS: dict[str, RewardFn] = {
+    "regex": regex_reward, "length": length_reward, "repetition": repetition_reward,
+    "demo_gold": _demo("gold_reward"), "demo_format": _demo("format_reward"),
+}
+
+
+# ----------------------------------------------------------------------------------------- reward models
 class RewardModelScorer:
     """A frozen reward model: ``score(prompts, responses)`` -> (N,) raw rewards; ``normalise`` applies the stored
-    mean / std (1 / 0 when the folder has none)."""
+    mean / std (0 / 1 when the folder has none)."""
 
     def __init__(self, path: str, device: str = "auto", max_length: int = 1024, dtype: str = "auto") -> None:
         cfg = ModelConfig(name_or_path=path, device=device, dtype=dtype)
@@ -41,3 +134,75 @@ class RewardModelScorer:
 
     def normalise(self, rewards: torch.Tensor) -> torch.Tensor:
         return (rewards - self.stats["mean"]) / max(self.stats["std"], 1e-6)
+
+
+# ----------------------------------------------------------------------------------------------- LLM judge
+DEFAULT_JUDGE_TEMPLATE = ("Rate the assistant's answer from 0 to 10 for helpfulness, correctness and politeness.\n"
+                          "Question: {prompt}\nAnswer: {response}\nReply with the number only.")
+
+
+class LLMJudge:
+    """RLAIF: a local causal LM asked ``template`` (with {prompt} and {response}); the first number in its greedy
+    answer, divided by ``scale``, is the reward; ``default`` where it gives none."""
+
+    def __init__(self, path: str, device: str = "auto", template: str = DEFAULT_JUDGE_TEMPLATE, scale: float = 10.0,
+                 default: float = 0.0, max_new_tokens: int = 8) -> None:
+        from .models import load_causal_lm
+
+        cfg = ModelConfig(name_or_path=path, device=device)
+        self.tokenizer = load_tokenizer(cfg)
+        self.model = load_causal_lm(cfg, self.tokenizer).eval()
+        self.template, self.scale, self.default, self.max_new_tokens = template, scale, default, max_new_tokens
+
+    def __call__(self, prompts, completions, **_) -> list[float]:
+        from .data.templates import tokenize_prompt
+        from .sampling import SamplingParams, generate
+
+        asks = [(Message("user", self.template.format(prompt=p, response=c)),) for p, c in zip(prompts, completions)]
+        answers = generate(self.model, self.tokenizer, [tokenize_prompt(self.tokenizer, a) for a in asks],
+                           SamplingParams(max_new_tokens=self.max_new_tokens, temperature=0.0))
+        return [self.parse(a.text) for a in answers]
+
+    def parse(self, text: str) -> float:
+        found = re.search(r"-?\d+(?:\.\d+)?", text)
+        return float(found.group()) / self.scale if found else self.default
+
+
+# --------------------------------------------------------------------------------------------- combination
+class RewardSet:
+    """Weighted sum of reward sources; ``__call__`` returns (total (N,), {label: raw scores (N,)})."""
+
+    def __init__(self, sources: Sequence[RewardSource], device: str = "auto", max_length: int = 1024) -> None:
+        if not sources:
+            raise ValueError("no reward sources configured: add at least one entry under rewards:")
+        self.entries: list[tuple[RewardSource, Any]] = []
+        labels = [s.label for s in sources]
+        if len(set(labels)) != len(labels):
+            raise ValueError(f"reward sources need distinct names (got {labels}); set name: on each")
+        for source in sources:
+            if source.fn:
+                scorer: Any = load_function(source.fn)
+            elif source.builtin:
+                scorer = BUILTINS[source.builtin]
+            elif source.reward_model:
+                scorer = RewardModelScorer(source.reward_model, device, max_length)
+            else:
+                scorer = LLMJudge(source.judge, device, **source.args)
+            self.entries.append((source, scorer))
+
+    def __call__(self, prompts: Sequence[Conversation], responses: Sequence[str],
+                 fields: dict[str, list[Any]]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        last_turns = [p[-1].content for p in prompts]
+        parts: dict[str, torch.Tensor] = {}
+        total = torch.zeros(len(responses))
+        for source, scorer in self.entries:
+            if isinstance(scorer, RewardModelScorer):
+                raw = scorer.score(prompts, [(Message("assistant", r),) for r in responses])
+                scores = scorer.normalise(raw) if source.normalize else raw
+            else:
+                args = source.args if source.builtin else {}
+                fn = (lambda p, c, _s=scorer, _a=args, **f: _s(p, c, **_a, **f)) if args else scorer
+                scores = torch.tensor(call_reward(source.label, fn, last_turns, list(responses), fields))
+            parts[source.label] = scores
+            total = total + source.weight * scores
+        return total, parts

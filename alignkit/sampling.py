@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .batch import RolloutBatch
+
 
 @dataclass(frozen=True)
 class SamplingParams:
@@ -77,3 +79,24 @@ def cut_at_eos(tokens: Sequence[int], eos_id: int) -> tuple[list[int], bool]:
     if eos_id in tokens:
         return tokens[: tokens.index(eos_id) + 1], True
     return tokens, False
+
+
+def rollout_batch(generations: Sequence[Generation], pad_id: int) -> RolloutBatch:
+    """Lay generations out as [left-padded prompt | right-padded response] with masks and position ids."""
+    prompt_width = max(len(g.prompt_ids) for g in generations)
+    response_width = max(1, max(len(g.response_ids) for g in generations))
+    rows = len(generations)
+    ids = torch.full((rows, prompt_width + response_width), pad_id, dtype=torch.long)
+    attention = torch.zeros_like(ids)
+    response_mask = torch.zeros((rows, response_width), dtype=torch.long)
+    for i, g in enumerate(generations):
+        p, r = len(g.prompt_ids), len(g.response_ids)
+        ids[i, prompt_width - p : prompt_width] = torch.tensor(g.prompt_ids)
+        attention[i, prompt_width - p : prompt_width] = 1
+        if r:
+            ids[i, prompt_width : prompt_width + r] = torch.tensor(g.response_ids)
+            attention[i, prompt_width : prompt_width + r] = 1
+            response_mask[i, :r] = 1
+    positions = (attention.cumsum(-1) - 1).clamp(min=0)
+    finished = torch.tensor([g.finished for g in generations])
+    return RolloutBatch(ids, attention, positions, response_mask, finished, prompt_width)

@@ -1,0 +1,111 @@
+"""Advantage estimators, pure functions of tensors.
+
+Notation: B sequences (in the group-relative estimators B = number of prompts x G, grouped contiguously: rows
+0..G-1 answer prompt 0, rows G..2G-1 prompt 1, ...), G group size, T response tokens. ``mask`` is 1 on real
+response tokens.
+
+Group-relative estimators share one signature, ``fn(scores (B,), group_size, eps) -> advantages (B,)``, one
+advantage per sequence that the policy loss broadcasts over its tokens; ``ADVANTAGES[name]`` picks one.
+GAE (PPO) is per token and takes the critic's values.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+
+def _groups(scores: Tensor, group_size: int) -> Tensor:
+    if scores.dim() != 1 or scores.shape[0] % group_size:
+        raise ValueError(f"scores must be (B,) with B a multiple of the group size {group_size}, got {tuple(scores.shape)}")
+    return scores.view(-1, group_size)
+
+
+def grpo(scores: Tensor, group_size: int, eps: float = 1e-6) -> Tensor:
+    """GRPO (Shao et al. 2024, DeepSeekMath eq. 3 with outcome supervision): (r - mean_group) / (std_group + eps).
+
+    std is the unbiased sample std (torch.std), as in the reference implementations; a group whose rewards are
+    all equal gets advantage 0 everywhere.
+    """
+    grouped = _groups(scores, group_size)
+    mean = grouped.mean(-1, keepdim=True)
+    std = grouped.std(-1, keepdim=True) if group_size > 1 else torch.zeros_like(mean)
+    return ((grouped - mean) / (std + eps)).flatten()
+
+
+def dr_grpo(scores: Tensor, group_size: int, eps: float = 1e-6) -> Tensor:
+    """Dr.GRPO (Liu et al. 2025, "Understanding R1-Zero-Like Training"): r - mean_group, no std division, which
+    removes GRPO's bias towards low-variance (too easy / too hard) questions."""
+    grouped = _groups(scores, group_size)
+    return (grouped - grouped.mean(-1, keepdim=True)).flatten()
+
+
+def rloo(scores: Tensor, group_size: int, eps: float = 1e-6) -> Tensor:
+    """RLOO (Ahmadian et al. 2024, eq. 5): r_i - mean of the other G-1 rewards of the group
+    = G / (G-1) * (r_i - mean_group)."""
+    if group_size < 2:
+        raise ValueError("RLOO needs a group size of at least 2 (a leave-one-out baseline)")
+    grouped = _groups(scores, group_size)
+    baseline = (grouped.sum(-1, keepdim=True) - grouped) / (group_size - 1)
+    return (grouped - baseline).flatten()
+
+
+def reinforce_pp(scores: Tensor, group_size: int, eps: float = 1e-6) -> Tensor:
+    """REINFORCE++-baseline (Hu et al. 2025): subtract the group mean, then divide by the std over the whole batch
+    (a global, not per-group, normalisation, which is more stable than GRPO's per-group std)."""
+    centred = dr_grpo(scores, group_size)
+    return centred / (centred.std() + eps) if centred.numel() > 1 else centred
+
+
+ADVANTAGES: dict[str, Callable[[Tensor, int, float], Tensor]] = {
+    "grpo": grpo,
+    "dr_grpo": dr_grpo,
+    "rloo": rloo,
+    "reinforce_pp": reinforce_pp,
+}
+
+
+def zero_spread_groups(scores: Tensor, group_size: int, tol: float = 1e-8) -> Tensor:
+    """(B / G,) bool: groups whose rewards are all equal; they carry no learning signal (DAPO's dynamic sampling
+    drops them)."""
+    grouped = _groups(scores, group_size)
+    return (grouped.max(-1).values - grouped.min(-1).values) <= tol
+
+
+def gae(rewards: Tensor, values: Tensor, mask: Tensor, gamma: float = 1.0, lam: float = 0.95) -> tuple[Tensor, Tensor]:
+    """Generalised advantage estimation (Schulman et al. 2016, eq. 16) over response tokens.
+
+    rewards, values, mask: (B, T). values[t] is V(s_t), the critic's estimate before token t is produced. The value
+    after the last real token is 0 (the episode ends there), and padded positions (mask 0) get advantage 0.
+    delta_t = r_t + gamma V(s_{t+1}) - V(s_t);  A_t = delta_t + gamma lambda A_{t+1};  returns = A + V.
+    """
+    mask = mask.to(values.dtype)
+    values = values * mask
+    advantages = torch.zeros_like(values)
+    running = torch.zeros_like(values[:, 0])
+    for t in reversed(range(values.shape[1])):
+        next_value = values[:, t + 1] if t + 1 < values.shape[1] else torch.zeros_like(running)
+        delta = rewards[:, t] + gamma * next_value - values[:, t]
+        running = (delta + gamma * lam * running) * mask[:, t]
+        advantages[:, t] = running
+    return advantages, (advantages + values) * mask
+
+
+def kl_shaped_rewards(scores: Tensor, kl: Tensor, mask: Tensor, kl_coef: float | Tensor) -> Tensor:
+    """Per-token RLHF reward (Ziegler et al. 2019; InstructGPT eq. 2): -kl_coef * KL_t on every response token,
+    plus the sequence score on its last real token. scores (B,), kl (B, T) per-token estimates, mask (B, T) -> (B, T).
+    """
+    rewards = -kl_coef * kl * mask
+    last = (mask * torch.arange(mask.shape[1], device=mask.device)).argmax(-1)
+    return rewards.index_put((torch.arange(mask.shape[0], device=mask.device), last),
+                             rewards[torch.arange(mask.shape[0]), last] + scores * (mask.sum(-1) > 0))
+
+
+def adaptive_kl_coef(coef: float, kl: float, target: float, horizon: int, n_steps: int) -> float:
+    """The proportional controller of Ziegler et al. 2019 (section 2.2): e = clip(KL / target - 1, -0.2, 0.2),
+    coef <- coef * (1 + e * n_steps / horizon). ``kl`` is the observed per-sequence KL, ``n_steps`` the number of
+    sequences since the last update (the paper's batch size)."""
+    error = min(max(kl / target - 1.0, -0.2), 0.2)
+    return coef * (1.0 + error * n_steps / horizon)
