@@ -87,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="the offline showcase on the built-in arithmetic world (no downloads)")
     demo.add_argument("--out", default="runs/demo", help="folder for the demo's world, models and runs")
     demo.add_argument("--fast", action="store_true", help="fewer SFT steps (a smoke run)")
-    demo.add_argument("--stages", default=None, help="comma-separated stages after SFT (default: all): rm,dpo,simpo,kto")
+    demo.add_argument("--stages", default=None, help="comma-separated stages after SFT and the RM (default: all): dpo,simpo,kto,ppo,grpo,gspo")
     return parser
 
 

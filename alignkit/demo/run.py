@@ -17,7 +17,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from ..config import DPOConfig, KTOConfig, RMConfig, SFTConfig, validate
+from ..config import DPOConfig, GRPOConfig, KTOConfig, PPOConfig, RMConfig, SFTConfig, validate
 from ..data.loading import load_examples
 from ..sampling import SamplingParams
 from .world import format_reward, gold_reward
@@ -31,7 +31,8 @@ class Stage:
 
     @property
     def recipe(self) -> str:
-        return {SFTConfig: "sft", RMConfig: "rm", DPOConfig: "dpo", KTOConfig: "kto"}[self.config]
+        return {SFTConfig: "sft", RMConfig: "rm", DPOConfig: "dpo", KTOConfig: "kto", GRPOConfig: "grpo",
+                PPOConfig: "ppo"}[self.config]
 
     @property
     def train(self):
@@ -66,19 +67,38 @@ DEMO_STAGES: dict[str, Stage] = {
         "data": {"train": "demo:kto", "max_length": 96},
         "train": _PREF_TRAIN, "run": _PREF_RUN,
     }, fast_steps=150),
+    "grpo": Stage(GRPOConfig, {
+        "model": {"name_or_path": "demo:sft", "device": "cpu"},
+        "train": {"batch_size": 8, "max_steps": 60, "lr": 1e-4},
+        "sampling": {"max_new_tokens": 32},
+        "grpo": {"group_size": 8, "micro_batch_size": 32},
+        "rewards": [{"builtin": "demo_gold"}],
+        "eval_rewards": [],
+        "run": {"log_every": 5, "eval_every": 20, "sample_every": 20, "save_every": 30, "threads": 2},
+    }, fast_steps=40),
+    "ppo": Stage(PPOConfig, {
+        "model": {"name_or_path": "demo:sft", "device": "cpu"},
+        "train": {"batch_size": 32, "max_steps": 30, "lr": 1e-4},
+        "sampling": {"max_new_tokens": 32},
+        "ppo": {"kl_coef": 0.2, "mini_batch_size": 8, "micro_batch_size": 8},
+        "rewards": [{"reward_model": "demo:rm"}],
+        "eval_rewards": [{"builtin": "demo_gold"}],
+        "run": {"log_every": 2, "eval_every": 10, "sample_every": 10, "save_every": 10, "threads": 2},
+    }, fast_steps=30),
 }
 EVAL_SAMPLING = SamplingParams(max_new_tokens=32, temperature=0.0)
 
 
-def stage_config(recipe: str, run_dir: Path, fast: bool = False, **overrides: dict[str, Any]):
+def stage_config(recipe: str, run_dir: Path, fast: bool = False, **overrides: Any):
     """The demo's validated config for a stage, writing into ``run_dir``; ``overrides`` are merged per section."""
     stage = DEMO_STAGES[recipe]
-    cfg = {section: dict(values) for section, values in stage.settings.items()}
+    cfg = {section: dict(values) if isinstance(values, dict) else list(values)
+           for section, values in stage.settings.items()}
     cfg["run"].update(output_dir=str(run_dir), progress=not fast)
     if fast:
         cfg["train"]["max_steps"] = stage.fast_steps
     for section, values in overrides.items():
-        cfg[section] = {**cfg.get(section, {}), **values}
+        cfg[section] = {**cfg.get(section, {}), **values} if isinstance(values, dict) else values
     return validate(stage.config, cfg, source=f"demo {recipe} settings")
 
 
@@ -94,8 +114,9 @@ def train_demo_stage(recipe: str, run_dir: Path, final_copy: Path | None = None,
     return summary
 
 
-def score_model(model_path: str, n_prompts: int = 200) -> dict[str, float]:
-    """Gold score and well-formed rate of greedy answers to the demo's eval prompts."""
+def score_model(model_path: str, n_prompts: int = 200, rm_path: str | None = None) -> dict[str, float]:
+    """Gold score and well-formed rate of greedy answers to the demo's eval prompts (and the reward model's
+    normalised score of the same answers, when ``rm_path`` is given)."""
     from ..config import ModelConfig
     from ..eval import evaluate_policy
     from ..models import load_causal_lm, load_tokenizer
@@ -105,8 +126,16 @@ def score_model(model_path: str, n_prompts: int = 200) -> dict[str, float]:
     tokenizer = load_tokenizer(model_cfg)
     model = load_causal_lm(model_cfg, tokenizer)
     prompts = load_examples(str(demo_data("prompts_eval")), "prompt")[:n_prompts]
-    metrics, _ = evaluate_policy(model, tokenizer, prompts, {"gold": gold_reward, "format": format_reward},
-                                 EVAL_SAMPLING, split_field="held_out")
+    scorers = {"gold": gold_reward, "format": format_reward}
+    if rm_path is not None:
+        from ..data.formats import Message
+        from ..rewards import RewardModelScorer
+
+        rm = RewardModelScorer(rm_path, device="cpu")
+        by_text = {e.prompt[-1].content: e.prompt for e in prompts}
+        scorers["rm"] = lambda ps, cs, **_: rm.normalise(
+            rm.score([by_text[p] for p in ps], [(Message("assistant", c),) for c in cs])).tolist()
+    metrics, _ = evaluate_policy(model, tokenizer, prompts, scorers, EVAL_SAMPLING, split_field="held_out")
     return metrics
 
 
@@ -151,16 +180,26 @@ def _ranks(values):
     return ranks
 
 
-AFTER_SFT = {  # demo stages run from the SFT model: name -> (recipe, per-section overrides)
+# Demo stages run from the SFT model: name -> (recipe, per-section overrides). Names with "(rm)" optimise the
+# learned reward model; "(gold fn)" optimise the gold judge itself, given as a Python reward function.
+AFTER_SFT = {
     "dpo (+nll)": ("dpo", {}),
     "simpo": ("dpo", {"dpo": {"loss": "simpo", "beta": 2.0, "simpo_gamma": 0.5, "nll_weight": 0.0}}),
     "kto": ("kto", {}),
+    "ppo (rm)": ("ppo", {}),
+    "ppo (gold fn)": ("ppo", {"rewards": [{"builtin": "demo_gold"}], "eval_rewards": [],
+                              "ppo": {"critic_model": "demo:sft"}}),
+    "grpo (gold fn)": ("grpo", {}),
+    "gspo (gold fn)": ("grpo", {"grpo": {"ratio": "sequence", "loss_aggregation": "seq_mean_token_mean",
+                                         "num_iterations": 2}}),
+    "grpo (rm)": ("grpo", {"rewards": [{"reward_model": "demo:rm"}], "eval_rewards": [{"builtin": "demo_gold"}]}),
 }
 
 
 def run_demo(out: str | Path = "runs/demo", fast: bool = False, stages: list[str] | None = None
              ) -> dict[str, dict[str, float]]:
-    """Build the world, score the untrained model, run SFT and the stages after it, print the comparison."""
+    """Build the world, score the untrained model, run SFT, the reward model and the stages after them, and print
+    one table: gold score (the hidden judge) next to the reward model's score, for every stage."""
     from rich.console import Console
 
     from ..recipes.runtime import quiet_libraries
@@ -174,24 +213,27 @@ def run_demo(out: str | Path = "runs/demo", fast: bool = False, stages: list[str
     world = demo_world()
     base = demo_model("base")
     console.print(f"[bold]alignkit demo[/bold]: world in {world.root}, tiny model in {base}")
-    results = {"untrained": score_model(str(base))}
     runs = out / "runs"
+    console.rule("sft: supervised fine-tuning of the untrained tiny model")
     train_demo_stage("sft", runs / "sft", final_copy=out / "sft-model", fast=fast)
-    results["sft"] = score_model(str(out / "sft-model"))
-    if stages is None or "rm" in stages:
-        console.rule("rm: reward model from the SFT model, on the noisy preference pairs")
-        train_demo_stage("rm", runs / "rm", final_copy=out / "rm-model", fast=fast)
-        print_rm_report(console, rm_gold_report(str(out / "rm-model")))
+    console.rule("rm: reward model from the SFT model, on the noisy preference pairs")
+    train_demo_stage("rm", runs / "rm", final_copy=out / "rm-model", fast=fast)
+    print_rm_report(console, rm_gold_report(str(out / "rm-model")))
+    rm_path = str(out / "rm-model")
+    results = {"untrained": score_model(str(base), rm_path=rm_path), "sft": score_model(str(out / "sft-model"),
+                                                                                        rm_path=rm_path)}
     for name, (recipe, overrides) in AFTER_SFT.items():
         if stages is not None and name.split()[0] not in stages:
             continue
-        run_dir = runs / name.split()[0]
+        run_dir = runs / name.replace(" (", "-").replace(")", "").replace(" ", "-")
         shutil.rmtree(run_dir, ignore_errors=True)
         console.rule(f"{name}: {recipe} from the SFT model")
         DEMO_STAGES[recipe].train(stage_config(recipe, run_dir, fast=fast, **overrides))
-        results[name] = score_model(str(run_dir / "final"))
+        results[name] = score_model(str(run_dir / "final"), rm_path=rm_path)
     print_table(console, results)
-    console.print(f"run folders: {runs}/<stage> (summary.json, training_curves.png, report.html)")
+    console.print(f"run folders: {runs}/<stage> (summary.json, training_curves.png, report.html)\n"
+                  "Where the reward model's score rises further than the gold score, the policy is exploiting the "
+                  "reward model (reward hacking); the gold-fn rows show what the true reward would have given.")
     return results
 
 
@@ -208,9 +250,9 @@ def print_rm_report(console, report: dict[str, float]) -> None:
 def print_table(console, results: dict[str, dict[str, float]]) -> None:
     from rich.table import Table
 
-    table = Table(title="demo: the hidden gold judge on 200 eval prompts (greedy decoding)", title_justify="left")
-    columns = {"gold": "gold score", "format": "well-formed rate", "gold[held_out=true]": "gold, held-out pairs",
-               "eos_rate": "EOS rate"}
+    table = Table(title="demo: 200 eval prompts, greedy decoding", title_justify="left")
+    columns = {"gold": "gold score", "rm": "RM score (normalised)", "format": "well-formed rate",
+               "gold[held_out=true]": "gold, held-out pairs", "eos_rate": "EOS rate"}
     table.add_column("stage")
     for label in columns.values():
         table.add_column(label, justify="right")

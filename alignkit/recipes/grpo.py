@@ -52,14 +52,18 @@ def no_grad_logps(model, batch, rows: list[list[int]], temperature: float) -> to
 
 
 @torch.no_grad()
-def evaluate(cfg: GRPOConfig, model, tokenizer, examples, prompt_ids, rewards: RewardSet) -> dict[str, float]:
-    """Greedy answers to the eval prompts, scored by every reward source."""
+def evaluate(cfg, model, tokenizer, examples, prompt_ids, rewards: RewardSet,
+             eval_only: RewardSet | None = None) -> dict[str, float]:
+    """Greedy answers to the eval prompts, scored by every reward source (and the eval-only ones)."""
     if not examples:
         return {}
     gens = generate(model, tokenizer, prompt_ids, SamplingParams(max_new_tokens=cfg.sampling.max_new_tokens,
                                                                 temperature=0.0))
     fields = {k: [e.fields.get(k) for e in examples] for k in sorted({k for e in examples for k in e.fields})}
-    total, parts = rewards([e.prompt for e in examples], [g.text for g in gens], fields)
+    prompts, texts = [e.prompt for e in examples], [g.text for g in gens]
+    total, parts = rewards(prompts, texts, fields)
+    if eval_only is not None:
+        parts.update(eval_only(prompts, texts, fields)[1])
     return {"reward_eval/total": total.mean().item(), **{f"reward_eval/{k}": v.mean().item() for k, v in parts.items()},
             "length/eval": fmean(len(g.response_ids) for g in gens)}
 
@@ -79,6 +83,7 @@ def train(cfg: GRPOConfig, resume: str | bool | None = None) -> dict:
     prompt_ids = [tokenize_prompt(tokenizer, e.prompt)[-cfg.data.max_length :] for e in train_examples]
     eval_ids = [tokenize_prompt(tokenizer, e.prompt)[-cfg.data.max_length :] for e in eval_examples]
     rewards = RewardSet(cfg.rewards, device=str(acc.device), max_length=cfg.data.max_length + cfg.sampling.max_new_tokens)
+    eval_only = RewardSet(cfg.eval_rewards, device=str(acc.device)) if cfg.eval_rewards else None
     reference = load_reference(cfg.model, None, model, tokenizer, acc.device) if cfg.grpo.beta > 0 else None
     model, optimizer, scheduler, steps, start = prepare_training(run, model, cfg.train, len(train_examples))
     if reference is not None and reference.policy is not None:
@@ -88,7 +93,7 @@ def train(cfg: GRPOConfig, resume: str | bool | None = None) -> dict:
               f"{len(train_examples)} prompts, {steps} steps, {trainable:,} of {total:,} parameters trainable, "
               f"rewards: {', '.join(f'{s.weight:g} x {s.label}' for s in cfg.rewards)}")
     if start == 0:
-        run.log.log(0, evaluate(cfg, model, tokenizer, eval_examples, eval_ids, rewards))
+        run.log.log(0, evaluate(cfg, model, tokenizer, eval_examples, eval_ids, rewards, eval_only))
 
     from tqdm.auto import tqdm
 
@@ -187,14 +192,14 @@ def train(cfg: GRPOConfig, resume: str | bool | None = None) -> dict:
                                        for e, x, s in zip(examples[:g], gens[:g], scores[:g])]
                                 if cfg.run.sample_every and step % cfg.run.sample_every == 0 else [])
         if cfg.run.eval_every and step % cfg.run.eval_every == 0 and step != steps:
-            run.log.log(step, evaluate(cfg, model, tokenizer, eval_examples, eval_ids, rewards))
+            run.log.log(step, evaluate(cfg, model, tokenizer, eval_examples, eval_ids, rewards, eval_only))
         if cfg.run.save_every and step % cfg.run.save_every == 0 and step != steps:
             run.log.flush()
             save_checkpoint(acc, run.dir, step, {}, cfg.run.keep_checkpoints)
         bar.update(1)
     bar.close()
 
-    final_eval = evaluate(cfg, model, tokenizer, eval_examples, eval_ids, rewards)
+    final_eval = evaluate(cfg, model, tokenizer, eval_examples, eval_ids, rewards, eval_only)
     run.log.log(steps, final_eval)
     save_final(run, model, tokenizer, steps, cfg.run)
     first = run.log.rows[0] if run.log.rows else {}

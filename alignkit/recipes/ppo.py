@@ -86,6 +86,7 @@ def train(cfg: PPOConfig, resume: str | bool | None = None) -> dict:
         model.train()
     reference = load_reference(cfg.model, None, actor, tokenizer, acc.device)
     rewards = RewardSet(cfg.rewards, device=str(acc.device), max_length=cfg.data.max_length + cfg.sampling.max_new_tokens)
+    eval_only = RewardSet(cfg.eval_rewards, device=str(acc.device)) if cfg.eval_rewards else None
 
     train_examples, eval_examples = load_split(cfg.data, "prompt", cfg.train.seed)
     prompt_ids = [tokenize_prompt(tokenizer, e.prompt)[-cfg.data.max_length :] for e in train_examples]
@@ -110,7 +111,7 @@ def train(cfg: PPOConfig, resume: str | bool | None = None) -> dict:
               f"{p.ppo_epochs} epochs, critic from {cfg.critic_path}, actor {trainable:,} of {total:,} trainable, "
               f"rewards: {', '.join(f'{s.weight:g} x {s.label}' for s in cfg.rewards)}")
     if start == 0:
-        run.log.log(0, evaluate(cfg, actor, tokenizer, eval_examples, eval_ids, rewards))
+        run.log.log(0, evaluate(cfg, actor, tokenizer, eval_examples, eval_ids, rewards, eval_only))
 
     from tqdm.auto import tqdm
 
@@ -231,14 +232,14 @@ def train(cfg: PPOConfig, resume: str | bool | None = None) -> dict:
             run.log.add_samples(step, [{"prompt": e.prompt[-1].content, "response": g.text, "score": s.item(),
                                         "kl": k.item()} for e, g, s, k in zip(examples, gens, scores, kl.sum(-1))][:8])
         if cfg.run.eval_every and step % cfg.run.eval_every == 0 and step != steps:
-            run.log.log(step, evaluate(cfg, actor, tokenizer, eval_examples, eval_ids, rewards))
+            run.log.log(step, evaluate(cfg, actor, tokenizer, eval_examples, eval_ids, rewards, eval_only))
         if cfg.run.save_every and step % cfg.run.save_every == 0 and step != steps:
             run.log.flush()
             save_checkpoint(acc, run.dir, step, {"kl_coef": kl_coef}, cfg.run.keep_checkpoints)
         bar.update(1)
     bar.close()
 
-    final_eval = evaluate(cfg, actor, tokenizer, eval_examples, eval_ids, rewards)
+    final_eval = evaluate(cfg, actor, tokenizer, eval_examples, eval_ids, rewards, eval_only)
     run.log.log(steps, final_eval)
     save_final(run, actor, tokenizer, steps, cfg.run, {"kl_coef": kl_coef})
     first = run.log.rows[0] if run.log.rows else {}
