@@ -109,3 +109,33 @@ def adaptive_kl_coef(coef: float, kl: float, target: float, horizon: int, n_step
     sequences since the last update (the paper's batch size)."""
     error = min(max(kl / target - 1.0, -0.2), 0.2)
     return coef * (1.0 + error * n_steps / horizon)
+
+
+class RunningMoments:
+    """Running mean / std of a stream of scores (Chan et al.'s parallel update), to normalise rewards when no
+    stored statistics exist. Its state is a plain dict, saved in checkpoints."""
+
+    def __init__(self, state: dict[str, float] | None = None) -> None:
+        state = state or {"count": 0.0, "mean": 0.0, "m2": 0.0}
+        self.count, self.mean, self.m2 = state["count"], state["mean"], state["m2"]
+
+    def update(self, values: Tensor) -> None:
+        n = float(values.numel())
+        if n == 0:
+            return
+        batch_mean = values.float().mean().item()
+        batch_m2 = ((values.float() - batch_mean) ** 2).sum().item()
+        delta, total = batch_mean - self.mean, self.count + n
+        self.mean += delta * n / total
+        self.m2 += batch_m2 + delta**2 * self.count * n / total
+        self.count = total
+
+    @property
+    def std(self) -> float:
+        return (self.m2 / (self.count - 1)) ** 0.5 if self.count > 1 else 1.0
+
+    def normalise(self, values: Tensor) -> Tensor:
+        return (values - self.mean) / max(self.std, 1e-6)
+
+    def state(self) -> dict[str, float]:
+        return {"count": self.count, "mean": self.mean, "m2": self.m2}

@@ -429,6 +429,7 @@ class PPOSection(Section):
     adaptive_kl: bool = Field(False, description="adapt kl_coef with the proportional controller of Ziegler et al.")
     kl_target: float = Field(6.0, gt=0, description="adaptive KL: target per-sequence KL (nats)")
     kl_horizon: int = Field(10000, ge=1, description="adaptive KL: horizon (sequences) of the controller")
+    reward_norm: Literal["none", "running", "batch"] = Field("none", description="normalise the total score: running mean/std over the run (checkpointed), or whiten each batch; reward models are already normalised by their stored stats")
     reward_clip: float = Field(10.0, gt=0, description="clip the (normalised) sequence score to +- this")
     missing_eos_penalty: float = Field(0.0, ge=0, description="subtracted from the score of responses that hit max_new_tokens without EOS")
     mask_truncated: bool = Field(False, description="give truncated (no-EOS) responses no gradient instead")

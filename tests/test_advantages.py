@@ -82,3 +82,17 @@ def test_gae_matches_a_plain_python_loop_on_a_padded_batch():
     expected = plain_gae(rewards, values, lengths, 0.95, 0.9)
     assert_close(advantages, expected)
     assert_close(returns, (expected + values) * mask)
+
+
+def test_running_moments_match_the_whole_stream():
+    from alignkit.advantages import RunningMoments
+
+    torch.manual_seed(0)
+    stream = torch.randn(50) * 3 + 1
+    moments = RunningMoments()
+    for chunk in stream.split(7):
+        moments.update(chunk)
+    again = RunningMoments(moments.state())  # what a checkpoint restores
+    assert again.mean == pytest.approx(stream.mean().item(), rel=1e-5)
+    assert again.std == pytest.approx(stream.std().item(), rel=1e-5)
+    assert_close(again.normalise(stream), (stream - stream.mean()) / stream.std(), rtol=1e-4, atol=1e-5)

@@ -141,3 +141,16 @@ def test_rank_row_from_pairs_keeps_the_margin(demo_tokenizer):
                                 "x", margin=2.0)
     (row,), _ = tokenize_rankings([example], demo_tokenizer, RMConfig().data, "t")
     assert isinstance(row, RankRow) and row.margin == 2.0 and len(row.responses) == 2
+
+
+def test_lora_reward_model_trains_adapter_and_head(demo_sft, demo_tokenizer):
+    cfg = ModelConfig(name_or_path=str(demo_sft), device="cpu", adapter="lora", lora_r=4)
+    model = load_reward_model(cfg, demo_tokenizer)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert any("lora_" in n for n in trainable) and any("score" in n for n in trainable)
+    assert not any("embed_tokens" in n for n in trainable)
+    ids = torch.tensor([demo_tokenizer("<|user|>\nhi<|end|>\n", add_special_tokens=False)["input_ids"]])
+    reward = gather_last(token_values(model, ids, torch.ones_like(ids)), torch.ones_like(ids))
+    reward.sum().backward()
+    head = [p for n, p in model.named_parameters() if "score" in n and p.requires_grad]
+    assert head and head[0].grad is not None and head[0].grad.abs().sum() > 0

@@ -176,6 +176,7 @@ def train(cfg: GRPOConfig, resume: str | bool | None = None) -> dict:
         if step % cfg.run.log_every == 0 or step == steps:
             metrics = {"reward/total": scores.mean().item(), "reward/total_std": scores.std().item(),
                        **{f"reward/{k}": v.mean().item() for k, v in parts.items()},
+                       **{f"reward_std/{k}": v.std().item() for k, v in parts.items()},
                        "loss/policy": sums["loss"], "groups/zero_spread_frac": flat_groups.float().mean().item(),
                        "groups/kept_rows_frac": keep.float().mean().item(),
                        "clip/low_frac": sums["clip_low"] / n_tokens, "clip/high_frac": sums["clip_high"] / n_tokens,

@@ -24,7 +24,7 @@ from contextlib import nullcontext
 
 import torch
 
-from ..advantages import adaptive_kl_coef, gae, kl_shaped_rewards
+from ..advantages import RunningMoments, adaptive_kl_coef, gae, kl_shaped_rewards
 from ..checkpoint import load_checkpoint, save_checkpoint
 from ..config import PPOConfig
 from ..data.prepare import load_split
@@ -100,10 +100,10 @@ def train(cfg: PPOConfig, resume: str | bool | None = None) -> dict:
         actor, critic, actor_opt, critic_opt, actor_sched, critic_sched)
     if reference.policy is not None:
         reference.policy = actor
-    start, kl_coef = 0, p.kl_coef
+    start, kl_coef, moments = 0, p.kl_coef, RunningMoments()
     if run.resume_from:
         state = load_checkpoint(acc, run.resume_from)
-        start, kl_coef = state["step"], state["kl_coef"]
+        start, kl_coef, moments = state["step"], state["kl_coef"], RunningMoments(state["reward_moments"])
         run.log.resume(start)
         run.print(f"resumed from {run.resume_from} at step {start} (kl_coef {kl_coef:.4g})")
     trainable, total = count_parameters(actor)
@@ -135,6 +135,11 @@ def train(cfg: PPOConfig, resume: str | bool | None = None) -> dict:
         scores = scores.to(acc.device)
         truncated = ~batch.finished
         scores = scores - p.missing_eos_penalty * truncated.float() - p.length_penalty * mask.sum(-1)
+        if p.reward_norm == "running":
+            moments.update(acc.gather(scores))
+            scores = moments.normalise(scores)
+        elif p.reward_norm == "batch":
+            scores = (scores - scores.mean()) / (scores.std() + 1e-6)
         scores = scores.clamp(-p.reward_clip, p.reward_clip)
         if p.mask_truncated:
             mask = mask * batch.finished.unsqueeze(-1)
@@ -235,13 +240,14 @@ def train(cfg: PPOConfig, resume: str | bool | None = None) -> dict:
             run.log.log(step, evaluate(cfg, actor, tokenizer, eval_examples, eval_ids, rewards, eval_only))
         if cfg.run.save_every and step % cfg.run.save_every == 0 and step != steps:
             run.log.flush()
-            save_checkpoint(acc, run.dir, step, {"kl_coef": kl_coef}, cfg.run.keep_checkpoints)
+            save_checkpoint(acc, run.dir, step, {"kl_coef": kl_coef, "reward_moments": moments.state()},
+                            cfg.run.keep_checkpoints)
         bar.update(1)
     bar.close()
 
     final_eval = evaluate(cfg, actor, tokenizer, eval_examples, eval_ids, rewards, eval_only)
     run.log.log(steps, final_eval)
-    save_final(run, actor, tokenizer, steps, cfg.run, {"kl_coef": kl_coef})
+    save_final(run, actor, tokenizer, steps, cfg.run, {"kl_coef": kl_coef, "reward_moments": moments.state()})
     first = run.log.rows[0] if run.log.rows else {}
     summary = {"steps": steps, "final": final_eval, "initial": {k: v for k, v in first.items() if "eval" in k},
                "kl_coef": kl_coef, "tokens_per_s": tokens_total / max(time.time() - train_clock, 1e-9),
