@@ -13,7 +13,7 @@ from typing import Any
 
 from .data.formats import PromptExample
 from .data.templates import tokenize_prompt
-from .rewards import RewardFn, call_reward
+from .rewards import RewardFn, call_reward, fields_of
 from .sampling import SamplingParams, generate
 
 
@@ -28,8 +28,7 @@ def evaluate_policy(model, tokenizer, examples: Sequence[PromptExample], scorers
     gens = generate(model, tokenizer, [tokenize_prompt(tokenizer, e.prompt) for e in examples], params, batch_size)
     prompts = [e.prompt[-1].content for e in examples]
     completions = [g.text for g in gens]
-    keys = sorted({k for e in examples for k in e.fields})
-    fields = {k: [e.fields.get(k) for e in examples] for k in keys}
+    fields = fields_of(examples)
     scores = {name: call_reward(name, fn, prompts, completions, fields) for name, fn in scorers.items()}
     metrics = {name: fmean(values) for name, values in scores.items()}
     metrics["eos_rate"] = fmean(float(g.finished) for g in gens)

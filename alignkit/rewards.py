@@ -169,6 +169,14 @@ class LLMJudge:
 
 
 # --------------------------------------------------------------------------------------------- combination
+def fields_of(examples: Sequence) -> dict[str, list[Any]]:
+    """The extra dataset columns of prompt examples as aligned lists (what reward functions get as **fields);
+    a column missing from some records is None there."""
+    keys = sorted({k for e in examples for k in e.fields})
+    return {k: [e.fields.get(k) for e in examples] for k in keys}
+
+
+
 class RewardSet:
     """Weighted sum of reward sources; ``__call__`` returns (total (N,), {label: raw scores (N,)})."""
 

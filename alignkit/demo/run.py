@@ -10,6 +10,7 @@ training data. Every stage is an ordinary recipe run with its own run folder.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from dataclasses import dataclass
 from importlib import import_module
@@ -225,7 +226,7 @@ def run_demo(out: str | Path = "runs/demo", fast: bool = False, stages: list[str
     for name, (recipe, overrides) in AFTER_SFT.items():
         if stages is not None and name.split()[0] not in stages:
             continue
-        run_dir = runs / name.replace(" (", "-").replace(")", "").replace(" ", "-")
+        run_dir = runs / re.sub(r"[^a-z0-9]+", "-", name).strip("-")  # "ppo (gold fn)" -> ppo-gold-fn
         shutil.rmtree(run_dir, ignore_errors=True)
         console.rule(f"{name}: {recipe} from the SFT model")
         DEMO_STAGES[recipe].train(stage_config(recipe, run_dir, fast=fast, **overrides))
@@ -251,9 +252,9 @@ def print_table(console, results: dict[str, dict[str, float]]) -> None:
     from rich.table import Table
 
     table = Table(title="demo: 200 eval prompts, greedy decoding", title_justify="left")
-    columns = {"gold": "gold score", "rm": "RM score (normalised)", "format": "well-formed rate",
-               "gold[held_out=true]": "gold, held-out pairs", "eos_rate": "EOS rate"}
-    table.add_column("stage")
+    columns = {"gold": "gold", "rm": "RM (norm.)", "format": "well-formed", "gold[held_out=true]": "gold held-out",
+               "eos_rate": "EOS"}
+    table.add_column("stage", no_wrap=True)
     for label in columns.values():
         table.add_column(label, justify="right")
     for stage, metrics in results.items():

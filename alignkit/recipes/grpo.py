@@ -32,7 +32,7 @@ from ..data.templates import tokenize_prompt
 from ..losses import POLICY_LOSSES, aggregate, step_denominator
 from ..models import count_parameters, disable_dropout, load_causal_lm, load_reference, load_tokenizer
 from ..ops import check_finite, kl_estimate, response_logps
-from ..rewards import RewardSet
+from ..rewards import RewardSet, fields_of
 from ..sampling import SamplingParams, generate, rollout_batch
 from .runtime import finish_run, prepare_training, save_final, start_run, step_indices
 
@@ -59,7 +59,7 @@ def evaluate(cfg, model, tokenizer, examples, prompt_ids, rewards: RewardSet,
         return {}
     gens = generate(model, tokenizer, prompt_ids, SamplingParams(max_new_tokens=cfg.sampling.max_new_tokens,
                                                                 temperature=0.0))
-    fields = {k: [e.fields.get(k) for e in examples] for k in sorted({k for e in examples for k in e.fields})}
+    fields = fields_of(examples)
     prompts, texts = [e.prompt for e in examples], [g.text for g in gens]
     total, parts = rewards(prompts, texts, fields)
     if eval_only is not None:
@@ -112,7 +112,7 @@ def train(cfg: GRPOConfig, resume: str | bool | None = None) -> dict:
 
         # 2. score with every reward source
         clock = time.time()
-        fields = {k: [e.fields.get(k) for e in examples] for k in sorted({k for e in examples for k in e.fields})}
+        fields = fields_of(examples)
         scores, parts = rewards([e.prompt for e in examples], [x.text for x in gens], fields)
         scores = scores.to(acc.device)
         truncated = ~batch.finished

@@ -40,7 +40,7 @@ from ..models import (
     token_values,
 )
 from ..ops import check_finite, explained_variance, kl_estimate, masked_mean, masked_whiten, response_logps
-from ..rewards import RewardSet
+from ..rewards import RewardSet, fields_of
 from ..sampling import generate, rollout_batch
 from .grpo import evaluate, no_grad_logps, sampling_params
 from .runtime import (
@@ -130,7 +130,7 @@ def train(cfg: PPOConfig, resume: str | bool | None = None) -> dict:
 
         # 2. score: sequence rewards; old log-probs, reference log-probs, values
         clock = time.time()
-        fields = {k: [e.fields.get(k) for e in examples] for k in sorted({k for e in examples for k in e.fields})}
+        fields = fields_of(examples)
         scores, parts = rewards([e.prompt for e in examples], [g.text for g in gens], fields)
         scores = scores.to(acc.device)
         truncated = ~batch.finished
