@@ -419,6 +419,8 @@ class PPOSection(Section):
     value_clip: float | None = Field(0.2, ge=0, description="clip the critic's change per update (PPO2); None = plain squared error")
     critic_lr: float = Field(1e-5, gt=0, description="critic learning rate (the actor uses train.lr)")
     critic_model: str | None = Field(None, description="critic initialisation; None = the first reward model source, else the policy with a new value head")
+    critic: Literal["separate", "shared"] = Field("separate", description="separate = its own model (from critic_model); shared = a value head on the actor's backbone (less memory, single process)")
+    vf_coef: float = Field(0.1, gt=0, description="shared critic only: weight of the value loss in the backbone's gradient")
     critic_warmup_steps: int = Field(0, ge=0, description="rollout steps that train only the critic (lets values settle first)")
     gamma: float = Field(1.0, ge=0, le=1, description="discount over response tokens")
     lam: float = Field(0.95, ge=0, le=1, description="GAE lambda")

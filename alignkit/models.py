@@ -342,12 +342,43 @@ def token_values(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
     Computed from the backbone's hidden states rather than the classifier's own pooling, which finds the last token
     from pad ids and so goes wrong when pad == eos; here the attention mask decides.
     """
+    model = getattr(model, "module", model)  # accelerate / DDP wrapper first, then peft
+    if hasattr(model, "value_forward"):
+        return model.value_forward(input_ids, attention_mask, position_ids)
     inner = model.get_base_model() if is_adapter_model(model) else model
-    inner = getattr(inner, "module", inner)
     backbone = getattr(inner, inner.base_model_prefix)
     hidden = backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                       use_cache=False).last_hidden_state
     return inner.score(hidden).squeeze(-1).float()
+
+
+class SharedValueHead(torch.nn.Module):
+    """A critic that is only a value head on the actor's own backbone (PPO's memory-saving option).
+
+    Its one parameter tensor is the head; the backbone stays the actor's (deliberately not registered as a
+    submodule), so the value loss's gradient reaches the backbone through the actor's parameters and is applied
+    by the actor's optimizer, while the critic's optimizer updates the head. Costs a second forward through the
+    backbone instead of a second model in memory. Single process only: the actor's DDP wrapper would not
+    all-reduce gradients that arrive through this path.
+    """
+
+    def __init__(self, actor) -> None:
+        super().__init__()
+        inner = getattr(actor, "module", actor)
+        inner = inner.get_base_model() if is_adapter_model(inner) else inner
+        hidden = inner.config.hidden_size
+        weight = next(inner.parameters())
+        self.score = torch.nn.Linear(hidden, 1, bias=False).to(weight.device, weight.dtype)
+        torch.nn.init.normal_(self.score.weight, std=1.0 / (hidden + 1) ** 0.5)
+        object.__setattr__(self, "actor", actor)  # not a submodule: its parameters belong to the actor
+
+    def value_forward(self, input_ids, attention_mask, position_ids=None) -> torch.Tensor:
+        actor = getattr(self.actor, "module", self.actor)
+        inner = actor.get_base_model() if is_adapter_model(actor) else actor
+        backbone = getattr(inner, inner.base_model_prefix)
+        hidden = backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                          use_cache=False).last_hidden_state
+        return self.score(hidden).squeeze(-1).float()
 
 
 def save_reward_stats(path: Path, mean: float, std: float, count: int) -> None:

@@ -128,3 +128,17 @@ def test_ppo_resume_reproduces_the_uninterrupted_run(tmp_path, monkeypatch):
         for key in ("reward/score", "kl/per_sequence", "loss/policy", "loss/value", "kl/coef"):
             if key in a:
                 assert a[key] == pytest.approx(b[key], rel=1e-5, abs=1e-7), (a["step"], key)
+
+
+def test_shared_value_head_adds_only_a_head_and_trains_the_backbone(demo_sft, demo_tokenizer):
+    from alignkit.models import SharedValueHead, token_values
+
+    actor = load_causal_lm(ModelConfig(name_or_path=str(demo_sft), device="cpu"), demo_tokenizer)
+    critic = SharedValueHead(actor)
+    assert [n for n, _ in critic.named_parameters()] == ["score.weight"]  # no second backbone
+    batch = rollout_batch(generations(), demo_tokenizer.pad_token_id)
+    values = token_values(critic, batch.input_ids, batch.attention_mask, batch.position_ids)
+    assert values.shape == batch.input_ids.shape
+    values.sum().backward()
+    assert critic.score.weight.grad is not None
+    assert actor.model.layers[0].mlp.up_proj.weight.grad.abs().sum() > 0  # the value loss reaches the backbone

@@ -12,8 +12,9 @@ Departures from InstructGPT / Ziegler et al.:
 2. Rewards are normalised with the mean / std stored beside the reward model by ``alignkit rm`` (no guessing),
    then clipped; PPO-ptx (pretraining mix) is not implemented.
 3. Each mini-batch's loss is a token mean over the whole mini-batch, split-invariant across micro-batches.
-4. The critic is a separate model, initialised from the reward model by default (as in InstructGPT); with LoRA the
-   reference is the actor's base weights with the adapter disabled.
+4. The critic is a separate model, initialised from the reward model by default (as in InstructGPT), or a value
+   head on the actor's backbone (``ppo.critic: shared``: the value loss, weighted by vf_coef, also trains the
+   backbone); with LoRA the reference is the actor's base weights with the adapter disabled.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from ..data.prepare import load_split
 from ..data.templates import tokenize_prompt
 from ..losses import aggregate, ppo_policy_loss, step_denominator, value_loss
 from ..models import (
+    SharedValueHead,
     count_parameters,
     disable_dropout,
     load_causal_lm,
@@ -68,7 +70,13 @@ def no_grad_values(critic, batch, chunks: list[list[int]]) -> torch.Tensor:
     return out
 
 
-def load_critic(cfg: PPOConfig, tokenizer, device):
+def load_critic(cfg: PPOConfig, actor, tokenizer, device, num_processes: int):
+    """A separate critic model (from ppo.critic_model / the reward model / the policy), or a value head on the
+    actor's own backbone."""
+    if cfg.ppo.critic == "shared":
+        if num_processes > 1:
+            raise ValueError("ppo.critic = shared is single-process only; use ppo.critic = separate with several GPUs")
+        return SharedValueHead(actor)
     critic_cfg = cfg.model.model_copy(update={"name_or_path": cfg.critic_path})
     return load_reward_model(critic_cfg, tokenizer, device)
 
@@ -80,7 +88,7 @@ def train(cfg: PPOConfig, resume: str | bool | None = None) -> dict:
     temperature = cfg.sampling.temperature
     tokenizer = load_tokenizer(cfg.model)
     actor = load_causal_lm(cfg.model, tokenizer, acc.device)
-    critic = load_critic(cfg, tokenizer, acc.device)
+    critic = load_critic(cfg, actor, tokenizer, acc.device, acc.num_processes)
     for model in (actor, critic):
         disable_dropout(model)
         model.train()
@@ -107,8 +115,9 @@ def train(cfg: PPOConfig, resume: str | bool | None = None) -> dict:
         run.log.resume(start)
         run.print(f"resumed from {run.resume_from} at step {start} (kl_coef {kl_coef:.4g})")
     trainable, total = count_parameters(actor)
+    critic_from = "a value head on the actor" if p.critic == "shared" else cfg.critic_path
     run.print(f"ppo: {len(train_examples)} prompts, {steps} steps x {cfg.train.batch_size} rollouts, "
-              f"{p.ppo_epochs} epochs, critic from {cfg.critic_path}, actor {trainable:,} of {total:,} trainable, "
+              f"{p.ppo_epochs} epochs, critic from {critic_from}, actor {trainable:,} of {total:,} trainable, "
               f"rewards: {', '.join(f'{s.weight:g} x {s.label}' for s in cfg.rewards)}")
     if start == 0:
         run.log.log(0, evaluate(cfg, actor, tokenizer, eval_examples, eval_ids, rewards, eval_only))
@@ -186,7 +195,7 @@ def train(cfg: PPOConfig, resume: str | bool | None = None) -> dict:
                         values = response_values(critic, sub)
                         v_token, v_stats = value_loss(values, old_values[rows], returns[rows], sub_mask, p.value_clip)
                         v_loss = aggregate(v_token, sub_mask, denominator)
-                        acc.backward(v_loss * acc.num_processes)
+                        acc.backward(v_loss * acc.num_processes * (p.vf_coef if p.critic == "shared" else 1.0))
                     sums["value_loss"] = sums.get("value_loss", 0.0) + v_loss.item()
                     for key, value in {**stats, **v_stats}.items():
                         sums[key] = sums.get(key, 0.0) + value.sum().item()
