@@ -59,7 +59,7 @@ def plot_curves(rows: list[dict[str, Any]], path: str | Path, title: str = "") -
         ax.axis("off")
     if title:
         fig.suptitle(title, fontsize=12)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 0.97 if title else 1))  # keep the title clear of the top row
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=110)
     plt.close(fig)

@@ -182,7 +182,7 @@ def train(cfg: GRPOConfig, resume: str | bool | None = None) -> dict:
                        "clip/low_frac": sums["clip_low"] / n_tokens, "clip/high_frac": sums["clip_high"] / n_tokens,
                        "entropy": sums["entropy"] / n_tokens, "policy/approx_kl": sums["approx_kl"] / n_tokens,
                        "length/mean": batch.response_mask.sum(-1).float().mean().item(),
-                       "length/eos_rate": batch.finished.float().mean().item(), "lr": scheduler.get_last_lr()[0],
+                       "eos_rate/train": batch.finished.float().mean().item(), "lr": scheduler.get_last_lr()[0],
                        "grad_norm": float(grad_norm), "time/generate_s": t_generate, "time/score_s": t_score,
                        "time/train_s": t_train, "speed/tokens_per_s": tokens_total / max(time.time() - train_clock, 1e-9)}
             if "kl" in sums:

@@ -230,7 +230,7 @@ def train(cfg: PPOConfig, resume: str | bool | None = None) -> dict:
                 "advantage/mean": masked_mean(advantages, mask).item(),
                 "advantage/std": masked_mean((advantages - masked_mean(advantages, mask)) ** 2, mask).sqrt().item(),
                 "length/mean": batch.response_mask.sum(-1).float().mean().item(),
-                "length/eos_rate": batch.finished.float().mean().item(),
+                "eos_rate/train": batch.finished.float().mean().item(),
                 "time/generate_s": t_generate, "time/score_s": t_score, "time/train_s": t_train,
                 "speed/tokens_per_s": tokens_total / max(time.time() - train_clock, 1e-9),
                 "grad_norm/critic": float(critic_grad), "lr": actor_sched.get_last_lr()[0]}
@@ -238,7 +238,7 @@ def train(cfg: PPOConfig, resume: str | bool | None = None) -> dict:
                 metrics.update({"loss/policy": sums["policy_loss"] / n_updates, "entropy": sums["entropy"] / n_tokens,
                                 "policy/clipfrac": sums["clipfrac"] / n_tokens,
                                 "policy/approx_kl": sums["approx_kl"] / n_tokens,
-                                "policy/ratio_mean": sums["ratio"] / n_tokens, "policy/ratio_max": sums["ratio_max"],
+                                "ratio/mean": sums["ratio"] / n_tokens, "ratio/max": sums["ratio_max"],
                                 "grad_norm/actor": float(actor_grad)})
             run.log.log(step, metrics)
             bar.set_postfix(score=f"{scores.mean().item():.3f}", kl=f"{seq_kl:.2f}")
