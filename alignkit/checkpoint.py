@@ -57,6 +57,11 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    promote(tmp, path)
+
+
+def promote(tmp: Path, path: Path) -> None:
+    """Move a finished temporary folder into place, replacing any previous version only once the new one is there."""
     old = None
     if path.exists():
         old = path.with_name(f".{path.name}.old")
@@ -82,13 +87,26 @@ def latest_checkpoint(run_dir: str | Path) -> Path | None:
 
 
 def save_checkpoint(accelerator, run_dir: str | Path, step: int, state: dict[str, Any], keep: int) -> Path:
-    """Save everything needed to resume at ``step``, atomically; keep only the newest ``keep`` checkpoints."""
+    """Save everything needed to resume at ``step``, atomically; keep only the newest ``keep`` checkpoints.
+
+    Every process writes its part (accelerate: weights and optimizers from the main process, RNG from each) into
+    one temporary folder with a fixed name; only when all are done does the main process add trainer_state.json
+    (the mark of a complete checkpoint) and rename the folder into place.
+    """
     target = Path(run_dir) / "checkpoints" / f"step-{step}"
-    with atomic_dir(target) as tmp:
-        accelerator.save_state(str(tmp), safe_serialization=True)
+    tmp = target.with_name(f".{target.name}.tmp")
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp), safe_serialization=True)
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
         atomic_write_json(tmp / STATE_FILE, {"step": step, **state})
-    for old in checkpoint_dirs(run_dir)[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
+        promote(tmp, target)
+        for old in checkpoint_dirs(run_dir)[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
     return target
 
 

@@ -377,13 +377,20 @@ class GRPOSection(Section):
     clip_high: float | None = Field(None, ge=0, description="upper clip epsilon (DAPO clip-higher: larger than clip_low); None = 0.2 (token) or 4e-4 (sequence)")
     num_iterations: int = Field(1, ge=1, description="mu: policy updates per rollout batch; with 1, old log-probs are the current ones (no extra forward)")
     micro_batch_size: int = Field(16, ge=1, description="sequences per forward / backward (memory knob; does not change the result)")
-    loss_aggregation: Literal["token_mean", "seq_mean_token_mean", "seq_mean_token_sum"] = Field("token_mean", description="token_mean (DAPO), seq_mean_token_mean (GRPO paper), seq_mean_token_sum (Dr.GRPO: / max_new_tokens)")
+    loss_aggregation: Literal["token_mean", "seq_mean_token_mean", "seq_mean_token_sum"] | None = Field(None, description="token_mean (DAPO), seq_mean_token_mean (GRPO paper), seq_mean_token_sum (Dr.GRPO: / max_new_tokens); None = seq_mean_token_mean for sequence ratios (GSPO's gradient), token_mean otherwise")
     beta: float = Field(0.0, ge=0, description="KL-to-reference loss coefficient (k3 estimator); 0 = no reference model loaded")
     kl_estimator: Literal["k1", "k2", "k3"] = Field("k3", description="per-token KL estimator used for the KL loss")
     entropy_coef: float = Field(0.0, ge=0, description="entropy bonus coefficient")
     dynamic_sampling: bool = Field(False, description="drop groups whose rewards are all equal (DAPO); the fraction is reported")
     overlong_penalty: float = Field(0.0, ge=0, description="subtracted from the reward of responses that hit max_new_tokens without EOS")
     mask_truncated: bool = Field(False, description="give truncated (no-EOS) responses no gradient at all")
+
+    @property
+    def aggregation(self) -> str:
+        """The aggregation in force: GSPO's gradient is (1/|y|) per token of a sequence, i.e. seq_mean_token_mean."""
+        if self.loss_aggregation is not None:
+            return self.loss_aggregation
+        return "seq_mean_token_mean" if self.ratio == "sequence" else "token_mean"
 
     @property
     def clip_range(self) -> tuple[float, float]:
@@ -450,6 +457,13 @@ class PPOConfig(Section):
     ppo: PPOSection = Field(default_factory=PPOSection, description="the algorithm")
     rewards: list[RewardSource] = Field(default_factory=lambda: [RewardSource(reward_model="demo:rm")], description="reward sources (a reward model, Python functions), summed with weights")
     eval_rewards: list[RewardSource] = Field(default_factory=list, description="extra sources scored at eval only, never optimised (e.g. a held-out judge: reward hacking shows as a gap)")
+
+    @model_validator(mode="after")
+    def _no_fp16(self) -> PPOConfig:
+        if self.train.mixed_precision == "fp16":
+            raise ValueError("PPO does not support train.mixed_precision = fp16 (the actor and critic optimizers would "
+                             "share one loss scaler); use bf16, or no")
+        return self
 
     @property
     def critic_path(self) -> str:

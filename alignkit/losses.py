@@ -54,7 +54,9 @@ def step_denominator(masks: list[Tensor], mode: str = "token_mean", constant_len
     """
     if mode == "token_mean":
         return sum(m.sum() for m in masks).clamp(min=1).float()
-    sequences = torch.tensor(float(sum(m.shape[0] for m in masks)))
+    # a row with no valid token (dropped by dynamic sampling, a masked truncation) is not a sequence of the step
+    sequences = torch.tensor(float(sum(int((m.sum(-1) > 0).sum()) if m.dim() == 2 else m.shape[0] for m in masks)))
+    sequences = sequences.clamp(min=1)
     return sequences * constant_length if mode == "seq_mean_token_sum" else sequences
 
 
@@ -378,7 +380,8 @@ def gspo_policy_loss(logps: Tensor, old_logps: Tensor, advantages: Tensor, mask:
     s_i = exp(mean_t (logps - old_logps)), clipped to [1 - clip_low, 1 + clip_high] (tiny ranges: it is a
     per-token geometric mean), applied to the sequence's advantage. Written in the "GSPO-token" form
     s_i,t = sg[s_i] * exp(logps_t - sg[logps_t]), which has the same value and gradient as GSPO when the advantage
-    is per sequence, and returns per-token values (B, T) for ``aggregate``.
+    is per sequence and the per-token values (B, T) are aggregated with ``seq_mean_token_mean`` (each token of
+    sequence i weighted 1/|y_i|, as in GSPO eq. 10); ``token_mean`` would weight long sequences more.
     """
     if dual_clip is not None:
         raise ValueError("dual_clip is defined for token-level ratios; GSPO clips the sequence ratio only")

@@ -34,11 +34,15 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
-    """``auto`` -> bfloat16 on a GPU that supports it, else float32 (fp16 weights are never a silent default)."""
+def resolve_dtype(dtype: str, device: torch.device, master: bool = False) -> torch.dtype:
+    """``auto`` -> bfloat16 on a GPU that supports it, else float32 (fp16 weights are never a silent default).
+
+    ``master``: the weights will be trained in full. They stay float32 then (autocast does the bf16 math): AdamW
+    updates at learning rates such as 1e-6 mostly round away in bf16 weights.
+    """
     if dtype != "auto":
         return DTYPES[dtype]
-    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+    if device.type == "cuda" and torch.cuda.is_bf16_supported() and not master:
         return torch.bfloat16
     return torch.float32
 
@@ -84,8 +88,8 @@ def _quantization_config(cfg: ModelConfig, device: torch.device, dtype: torch.dt
     )
 
 
-def _load_kwargs(cfg: ModelConfig, device: torch.device) -> dict:
-    dtype = resolve_dtype(cfg.dtype, device)
+def _load_kwargs(cfg: ModelConfig, device: torch.device, trainable: bool = False) -> dict:
+    dtype = resolve_dtype(cfg.dtype, device, master=trainable and cfg.adapter == "none")
     kwargs = {"dtype": dtype, "revision": cfg.revision, "trust_remote_code": cfg.trust_remote_code}
     if cfg.attn_implementation:
         kwargs["attn_implementation"] = cfg.attn_implementation
@@ -95,10 +99,21 @@ def _load_kwargs(cfg: ModelConfig, device: torch.device) -> dict:
     return kwargs
 
 
+def resize_embeddings(model, tokenizer) -> None:
+    """Grow the embeddings when the tokenizer gained tokens (the built-in template's markers).
+
+    The new rows are drawn at random; a fixed seed makes every load of the same checkpoint identical, so a
+    separately loaded reference equals the policy at step 0.
+    """
+    if len(tokenizer) > model.get_input_embeddings().num_embeddings:
+        with torch.random.fork_rng(devices=list(range(torch.cuda.device_count()))):
+            torch.manual_seed(0)
+            model.resize_token_embeddings(len(tokenizer))
+
+
 def _finish_loading(model, cfg: ModelConfig, tokenizer, device: torch.device):
     """Shared tail of loading: vocabulary resize, device, gradient checkpointing."""
-    if len(tokenizer) > model.get_input_embeddings().num_embeddings:
-        model.resize_token_embeddings(len(tokenizer))
+    resize_embeddings(model, tokenizer)
     if "quantization_config" not in model.config.to_dict():
         model.to(device)
     if cfg.gradient_checkpointing:
@@ -112,21 +127,20 @@ def _finish_loading(model, cfg: ModelConfig, tokenizer, device: torch.device):
 
 
 def load_causal_lm(cfg: ModelConfig, tokenizer, device: torch.device | None = None,
-                   with_adapter: bool = True) -> PreTrainedModel:
+                   with_adapter: bool = True, trainable: bool = True) -> PreTrainedModel:
     """A causal LM on ``device`` in the configured dtype, wrapped with a fresh LoRA adapter when asked.
 
     The embeddings are resized when the tokenizer gained tokens (the built-in template's markers).
     """
     device = device or resolve_device(cfg.device)
-    kwargs = _load_kwargs(cfg, device)
+    kwargs = _load_kwargs(cfg, device, trainable)
     path = resolve_model_path(cfg.name_or_path)
     if is_adapter_folder(path):
         model = _load_merged_adapter(path, kwargs)
     else:
         model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
-    if model.generation_config is not None:
+    if model.generation_config is not None:  # its eos ids are kept: sampling stops at those and the template's
         model.generation_config.pad_token_id = tokenizer.pad_token_id
-        model.generation_config.eos_token_id = tokenizer.eos_token_id
     model = _finish_loading(model, cfg, tokenizer, device)
     if with_adapter and cfg.adapter != "none":
         model = add_lora(model, cfg)
@@ -248,7 +262,7 @@ def load_reference(cfg: ModelConfig, reference_path: str | None, policy, tokeniz
         return Reference(policy=policy)
     ref_cfg = cfg.model_copy(update={"name_or_path": reference_path or cfg.name_or_path, "adapter": "none",
                                      "gradient_checkpointing": False})
-    model = load_causal_lm(ref_cfg, tokenizer, device)
+    model = load_causal_lm(ref_cfg, tokenizer, device, trainable=False)
     model.eval()
     model.requires_grad_(False)
     return Reference(model=model)
@@ -269,16 +283,18 @@ def reference_logps(reference: Reference, sequences: list, pad_id: int, batch_si
 
 
 def reference_cache(path: Path, reference: Reference, named: dict[str, list], pad_id: int, batch_size: int,
-                    device: torch.device, write: bool = True) -> dict[str, torch.Tensor]:
+                    device: torch.device, write: bool = True, reuse: bool = False) -> dict[str, torch.Tensor]:
     """Reference log-probs of every named list of sequences, computed once and kept in the run folder.
 
-    Exact, because the reference is frozen; reused on resume. Written atomically (only by the main process).
+    Exact, because the reference is frozen. ``reuse`` (set when resuming) reads an existing cache instead of
+    recomputing; a fresh run in a reused folder never trusts a cache it did not write. Written atomically (only by
+    the main process).
     """
     import io
 
     from .checkpoint import atomic_write_bytes
 
-    if path.is_file():
+    if reuse and path.is_file():
         return torch.load(path)
     cache = {name: reference_logps(reference, seqs, pad_id, batch_size, device) for name, seqs in named.items()}
     if write:
@@ -308,9 +324,20 @@ def load_reward_model(cfg: ModelConfig, tokenizer, device: torch.device | None =
 
     device = device or resolve_device(cfg.device)
     path = resolve_model_path(cfg.name_or_path)
-    model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, **_load_kwargs(cfg, device))
+    kwargs = _load_kwargs(cfg, device, trainable)
+    if is_adapter_folder(path):  # a LoRA reward model: its base as a classifier, the adapter (and head) merged in
+        from peft import PeftConfig, PeftModel
+
+        base = PeftConfig.from_pretrained(path).base_model_name_or_path
+        model = AutoModelForSequenceClassification.from_pretrained(base, num_labels=1, **kwargs)
+        resize_embeddings(model, tokenizer)  # before the adapter: it was trained on the resized model
+        model = PeftModel.from_pretrained(model, path).merge_and_unload()
+        head_is_trained = True
+    else:
+        model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, **kwargs)
+        head_is_trained = any("ForSequenceClassification" in a for a in (model.config.architectures or []))
     model.config.pad_token_id = tokenizer.pad_token_id
-    if not any("ForSequenceClassification" in a for a in (model.config.architectures or [])):
+    if not head_is_trained:
         head = reward_head(model)
         with torch.no_grad():
             torch.nn.init.normal_(head.weight, std=1.0 / (model.config.hidden_size + 1) ** 0.5)
@@ -334,22 +361,42 @@ def reward_head(model) -> torch.nn.Linear:
     return head
 
 
-def token_values(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                 position_ids: torch.Tensor | None = None) -> torch.Tensor:
-    """The scalar head applied at every position: (N, L) -> (N, L). Rewards read it at the last real token;
-    a critic reads it at every response token.
+def _head_values(model, input_ids, attention_mask, position_ids=None) -> torch.Tensor:
+    """The sequence-classification model's ``score`` head on its backbone's hidden state at every position.
 
-    Computed from the backbone's hidden states rather than the classifier's own pooling, which finds the last token
-    from pad ids and so goes wrong when pad == eos; here the attention mask decides.
+    Computed from the hidden states rather than the classifier's own pooling, which finds the last token from pad
+    ids and so goes wrong when pad == eos; here the attention mask decides (``ops.gather_last``).
     """
-    model = getattr(model, "module", model)  # accelerate / DDP wrapper first, then peft
-    if hasattr(model, "value_forward"):
-        return model.value_forward(input_ids, attention_mask, position_ids)
     inner = model.get_base_model() if is_adapter_model(model) else model
     backbone = getattr(inner, inner.base_model_prefix)
     hidden = backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                       use_cache=False).last_hidden_state
     return inner.score(hidden).squeeze(-1).float()
+
+
+class ValueModel(torch.nn.Module):
+    """A trained reward model or critic as one module whose forward returns the head at every position, (N, L).
+
+    Trained value models go through accelerate as this wrapper, so their forward runs inside DDP's: DDP
+    all-reduces gradients only for forwards that pass through it. ``hf`` is the Hugging Face model (saved as is).
+    """
+
+    def __init__(self, model) -> None:
+        super().__init__()
+        self.hf = model
+
+    def forward(self, input_ids, attention_mask, position_ids=None) -> torch.Tensor:
+        return _head_values(self.hf, input_ids, attention_mask, position_ids)
+
+
+def token_values(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                 position_ids: torch.Tensor | None = None) -> torch.Tensor:
+    """The scalar head applied at every position: (N, L) -> (N, L). Rewards read it at the last real token; a
+    critic reads it at every response token. Wrapped value models are called through their (DDP) wrapper."""
+    inner = getattr(model, "module", model)
+    if isinstance(inner, (ValueModel, SharedValueHead)):
+        return model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids)
+    return _head_values(inner, input_ids, attention_mask, position_ids)
 
 
 class SharedValueHead(torch.nn.Module):
@@ -372,7 +419,7 @@ class SharedValueHead(torch.nn.Module):
         torch.nn.init.normal_(self.score.weight, std=1.0 / (hidden + 1) ** 0.5)
         object.__setattr__(self, "actor", actor)  # not a submodule: its parameters belong to the actor
 
-    def value_forward(self, input_ids, attention_mask, position_ids=None) -> torch.Tensor:
+    def forward(self, input_ids, attention_mask, position_ids=None) -> torch.Tensor:
         actor = getattr(self.actor, "module", self.actor)
         inner = actor.get_base_model() if is_adapter_model(actor) else actor
         backbone = getattr(inner, inner.base_model_prefix)

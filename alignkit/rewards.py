@@ -151,7 +151,7 @@ class LLMJudge:
 
         cfg = ModelConfig(name_or_path=path, device=device)
         self.tokenizer = load_tokenizer(cfg)
-        self.model = load_causal_lm(cfg, self.tokenizer).eval()
+        self.model = load_causal_lm(cfg, self.tokenizer, trainable=False).eval()
         self.template, self.scale, self.default, self.max_new_tokens = template, scale, default, max_new_tokens
 
     def __call__(self, prompts, completions, **_) -> list[float]:

@@ -46,7 +46,7 @@ def generate(model, tokenizer, prompts: Sequence[Sequence[int]], params: Samplin
     device = next(model.parameters()).device
     if generator_seed is not None:
         torch.manual_seed(generator_seed)
-    eos = tokenizer.eos_token_id
+    stops = stop_token_ids(tokenizer, model)
     out: list[Generation] = []
     try:
         for start in range(0, len(prompts), batch_size):
@@ -62,10 +62,10 @@ def generate(model, tokenizer, prompts: Sequence[Sequence[int]], params: Samplin
                 input_ids=ids.to(device), attention_mask=attention.to(device), max_new_tokens=params.max_new_tokens,
                 do_sample=sampled, temperature=params.temperature if sampled else None,
                 top_p=params.top_p if sampled else None, top_k=params.top_k if sampled else None,
-                eos_token_id=eos, pad_token_id=tokenizer.pad_token_id, use_cache=True,
+                eos_token_id=sorted(stops), pad_token_id=tokenizer.pad_token_id, use_cache=True,
             )
             for p, row in zip(chunk, output[:, width:].tolist()):
-                response, finished = cut_at_eos(row, eos)
+                response, finished = cut_at_eos(row, stops)
                 text = tokenizer.decode(response, skip_special_tokens=True)
                 out.append(Generation(tuple(p), tuple(response), text, finished))
     finally:
@@ -73,12 +73,41 @@ def generate(model, tokenizer, prompts: Sequence[Sequence[int]], params: Samplin
     return out
 
 
-def cut_at_eos(tokens: Sequence[int], eos_id: int) -> tuple[list[int], bool]:
-    """Tokens up to and including the first EOS, and whether an EOS was found."""
-    tokens = list(tokens)
-    if eos_id in tokens:
-        return tokens[: tokens.index(eos_id) + 1], True
-    return tokens, False
+def cut_at_eos(tokens: Sequence[int], stop_ids: set[int] | int) -> tuple[list[int], bool]:
+    """Tokens up to and including the first stop token, and whether one was found."""
+    stop_ids = {stop_ids} if isinstance(stop_ids, int) else stop_ids
+    for i, token in enumerate(tokens):
+        if token in stop_ids:
+            return list(tokens[: i + 1]), True
+    return list(tokens), False
+
+
+def stop_token_ids(tokenizer, model=None) -> set[int]:
+    """Every token that ends a reply: the tokenizer's EOS, the model's generation-config EOS ids, and the special
+    token the chat template closes an assistant turn with (``<|im_end|>`` for ChatML even when the tokenizer's EOS
+    is ``<|endoftext|>``, ``<|eot_id|>`` for Llama 3)."""
+    stops = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
+    config = getattr(unwrap(model), "generation_config", None) if model is not None else None
+    configured = getattr(config, "eos_token_id", None)
+    stops |= set(configured) if isinstance(configured, (list, tuple)) else ({configured} if configured is not None else set())
+    turn_end = _end_of_turn_id(tokenizer)
+    if turn_end is not None:
+        stops.add(turn_end)
+    return stops
+
+
+def _end_of_turn_id(tokenizer) -> int | None:
+    """The first special token the chat template puts right after an assistant message's content."""
+    if not getattr(tokenizer, "chat_template", None):
+        return None
+    marker = "Zq7Zq7"
+    text = tokenizer.apply_chat_template([{"role": "user", "content": "hi"}, {"role": "assistant", "content": marker}],
+                                         tokenize=False)
+    if marker not in text:
+        return None
+    after = tokenizer(text[text.index(marker) + len(marker):], add_special_tokens=False)["input_ids"]
+    special = set(tokenizer.all_special_ids)
+    return next((t for t in after if t in special), None)
 
 
 def rollout_batch(generations: Sequence[Generation], pad_id: int) -> RolloutBatch:

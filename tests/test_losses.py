@@ -65,3 +65,11 @@ def test_masked_mean_and_whiten():
     white = masked_whiten(values, mask)
     assert_close(white, torch.tensor([-1.0, 0.0, 1.0, 0.0]), atol=1e-6, rtol=0)
     assert_close(masked_mean(torch.zeros(2), torch.zeros(2)), torch.tensor(0.0))
+
+
+def test_sequence_denominators_skip_rows_with_no_valid_token():
+    # a dropped group (mask all zero) is not a sequence of the step: 2 sequences, not 3
+    mask = torch.tensor([[1, 1, 0], [0, 0, 0], [1, 0, 0]])
+    assert step_denominator([mask], "seq_mean_token_mean").item() == 2
+    assert step_denominator([mask], "seq_mean_token_sum", constant_length=4).item() == 8
+    assert step_denominator([torch.tensor([5, 0, 7])], "seq_mean_token_mean").item() == 3  # 1-D: one row each

@@ -142,3 +142,19 @@ def test_shared_value_head_adds_only_a_head_and_trains_the_backbone(demo_sft, de
     values.sum().backward()
     assert critic.score.weight.grad is not None
     assert actor.model.layers[0].mlp.up_proj.weight.grad.abs().sum() > 0  # the value loss reaches the backbone
+
+
+def test_generation_stops_at_the_templates_end_of_turn_token(demo_tokenizer):
+    import copy
+
+    from alignkit.sampling import cut_at_eos, stop_token_ids
+
+    tok = copy.deepcopy(demo_tokenizer)
+    tok.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]})
+    tok.chat_template = ("{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] + "
+                         "'<|im_end|>\\n' }}{% endfor %}")
+    im_end = tok.convert_tokens_to_ids("<|im_end|>")
+    stops = stop_token_ids(tok)
+    assert {tok.eos_token_id, im_end} <= stops  # EOS stays a stop even when the template ends turns otherwise
+    assert cut_at_eos([5, 6, im_end, 7], stops) == ([5, 6, im_end], True)
+    assert cut_at_eos([5, 6, 7], stops) == ([5, 6, 7], False)

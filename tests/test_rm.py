@@ -154,3 +154,32 @@ def test_lora_reward_model_trains_adapter_and_head(demo_sft, demo_tokenizer):
     reward.sum().backward()
     head = [p for n, p in model.named_parameters() if "score" in n and p.requires_grad]
     assert head and head[0].grad is not None and head[0].grad.abs().sum() > 0
+
+
+def test_lora_reward_model_folder_loads_back_with_identical_scores(demo_sft, demo_tokenizer, tmp_path):
+    from alignkit.data.formats import Message
+    from alignkit.rewards import RewardModelScorer
+
+    cfg = ModelConfig(name_or_path=str(demo_sft), device="cpu", adapter="lora", lora_r=4)
+    model = load_reward_model(cfg, demo_tokenizer)
+    with torch.no_grad():  # a "trained" adapter and head
+        for name, p in model.named_parameters():
+            if "lora_B" in name or ("score" in name and p.requires_grad):
+                p.normal_(0, 0.1)
+    save_model(model, demo_tokenizer, tmp_path / "rm")
+    assert (tmp_path / "rm" / "adapter_config.json").is_file()
+    prompts = [(Message("user", "What is 2 + 3?"),)] * 2
+    responses = [(Message("assistant", "2 + 3 = 5."),), (Message("assistant", "Ugh. 2 + 3 = 4."),)]
+    rows = pad_batch([tokenize_rankings_row(demo_tokenizer, p + r) for p, r in zip(prompts, responses)],
+                     demo_tokenizer.pad_token_id)
+    with torch.no_grad():
+        expected = gather_last(token_values(model, rows.input_ids, rows.attention_mask, rows.position_ids),
+                               rows.attention_mask)
+    assert_close(RewardModelScorer(str(tmp_path / "rm"), device="cpu").score(prompts, responses), expected,
+                 rtol=1e-4, atol=1e-5)
+
+
+def tokenize_rankings_row(tokenizer, conversation):
+    from alignkit.data.templates import tokenize_conversation
+
+    return tokenize_conversation(tokenizer, conversation, first_trained=1)

@@ -125,7 +125,7 @@ def score_model(model_path: str, n_prompts: int = 200, rm_path: str | None = Non
 
     model_cfg = ModelConfig(name_or_path=model_path, device="cpu")
     tokenizer = load_tokenizer(model_cfg)
-    model = load_causal_lm(model_cfg, tokenizer)
+    model = load_causal_lm(model_cfg, tokenizer, trainable=False)
     prompts = load_examples(str(demo_data("prompts_eval")), "prompt")[:n_prompts]
     scorers = {"gold": gold_reward, "format": format_reward}
     if rm_path is not None:

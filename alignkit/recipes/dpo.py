@@ -155,7 +155,7 @@ def train(cfg: DPOConfig, resume: str | bool | None = None) -> dict:
             sequences = {f"{split}_{side}": [getattr(r, side) for r in rows] for split, rows in
                          (("train", train_rows), ("eval", eval_rows)) for side in ("chosen", "rejected")}
             cache = reference_cache(run.dir / REFERENCE_CACHE, reference, sequences, pad_id, cfg.train.batch_size * 2,
-                                    acc.device, write=run.is_main)
+                                    acc.device, write=run.is_main, reuse=bool(run.resume_from))
             reference = None  # frees a separate reference model; the cache is all we need
 
     model, optimizer, scheduler, steps, start = prepare_training(run, model, cfg.train, len(train_rows))

@@ -140,7 +140,7 @@ def train(cfg: GRPOConfig, resume: str | bool | None = None) -> dict:
                 ref_logps[chunk] = reference.response_logps(batch.select(chunk), temperature).float()
 
         # 4. update: mu optimizer steps, each over the whole rollout batch
-        denominator = acc.reduce(step_denominator([mask[c] for c in chunks], cfg.grpo.loss_aggregation,
+        denominator = acc.reduce(step_denominator([mask[c] for c in chunks], cfg.grpo.aggregation,
                                                   cfg.sampling.max_new_tokens).to(acc.device), "sum")
         sums: dict[str, float] = {}
         for _ in range(mu):
@@ -158,7 +158,7 @@ def train(cfg: GRPOConfig, resume: str | bool | None = None) -> dict:
                     if cfg.grpo.entropy_coef:
                         per_token = per_token - cfg.grpo.entropy_coef * entropy * sub_mask
                     stats["entropy"] = entropy.detach() * sub_mask
-                    loss = aggregate(per_token, sub_mask, denominator, cfg.grpo.loss_aggregation)
+                    loss = aggregate(per_token, sub_mask, denominator, cfg.grpo.aggregation)
                     acc.backward(loss * acc.num_processes)
                 sums["loss"] = sums.get("loss", 0.0) + loss.item() / mu
                 for key, value in stats.items():

@@ -154,7 +154,7 @@ def train(cfg: KTOConfig, resume: str | bool | None = None) -> dict:
         sequences = {name: [r.sequence for r in rs] for name, rs in rows.items()}
         sequences.update({f"{name}_kl": seqs for name, seqs in kl_rows.items()})
         cache = reference_cache(run.dir / REFERENCE_CACHE, reference, sequences, pad_id, cfg.train.batch_size * 2,
-                                acc.device, write=run.is_main)
+                                acc.device, write=run.is_main, reuse=bool(run.resume_from))
         reference = None
     model, optimizer, scheduler, steps, start = prepare_training(run, model, cfg.train, len(train_rows))
     if reference is not None and reference.policy is not None:

@@ -33,6 +33,7 @@ from ..data.templates import tokenize_prompt
 from ..losses import aggregate, ppo_policy_loss, step_denominator, value_loss
 from ..models import (
     SharedValueHead,
+    ValueModel,
     count_parameters,
     disable_dropout,
     load_causal_lm,
@@ -78,7 +79,7 @@ def load_critic(cfg: PPOConfig, actor, tokenizer, device, num_processes: int):
             raise ValueError("ppo.critic = shared is single-process only; use ppo.critic = separate with several GPUs")
         return SharedValueHead(actor)
     critic_cfg = cfg.model.model_copy(update={"name_or_path": cfg.critic_path})
-    return load_reward_model(critic_cfg, tokenizer, device)
+    return ValueModel(load_reward_model(critic_cfg, tokenizer, device))
 
 
 def train(cfg: PPOConfig, resume: str | bool | None = None) -> dict:
@@ -100,10 +101,12 @@ def train(cfg: PPOConfig, resume: str | bool | None = None) -> dict:
     prompt_ids = [tokenize_prompt(tokenizer, e.prompt)[-cfg.data.max_length :] for e in train_examples]
     eval_ids = [tokenize_prompt(tokenizer, e.prompt)[-cfg.data.max_length :] for e in eval_examples]
     steps = total_steps(cfg.train, len(train_examples), cfg.train.batch_size * acc.num_processes)
-    updates = steps * p.ppo_epochs * math.ceil(cfg.train.batch_size / p.mini_batch_size)
+    per_step = p.ppo_epochs * math.ceil(cfg.train.batch_size / p.mini_batch_size)  # optimizer steps per rollout
     actor_opt = make_optimizer(actor.parameters(), cfg.train)
     critic_opt = make_optimizer(critic.parameters(), cfg.train, lr=p.critic_lr)
-    actor_sched, critic_sched = make_scheduler(actor_opt, cfg.train, updates), make_scheduler(critic_opt, cfg.train, updates)
+    # the actor does not move during the critic's warm-up, so its schedule spans the remaining steps only
+    actor_sched = make_scheduler(actor_opt, cfg.train, max(1, steps - p.critic_warmup_steps) * per_step)
+    critic_sched = make_scheduler(critic_opt, cfg.train, steps * per_step)
     actor, critic, actor_opt, critic_opt, actor_sched, critic_sched = acc.prepare(
         actor, critic, actor_opt, critic_opt, actor_sched, critic_sched)
     if reference.policy is not None:
@@ -214,7 +217,7 @@ def train(cfg: PPOConfig, resume: str | bool | None = None) -> dict:
         t_train = time.time() - clock
 
         # 5. the KL controller, then log, eval, checkpoint
-        seq_kl = (kl.sum(-1)).mean().item()
+        seq_kl = acc.reduce(kl.sum(-1).mean(), "mean").item()  # every rank adapts kl_coef identically
         if p.adaptive_kl:
             kl_coef = adaptive_kl_coef(kl_coef, seq_kl, p.kl_target, p.kl_horizon, len(idx) * acc.num_processes)
         tokens_total += int(batch.response_mask.sum().item())

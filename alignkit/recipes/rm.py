@@ -28,6 +28,7 @@ from ..data.prepare import RankRow, load_split, preference_kind, tokenize_rankin
 from ..eval import pair_margins, preference_metrics
 from ..losses import RANKING_LOSSES, aggregate, bt_pairwise, reward_centering, step_denominator
 from ..models import (
+    ValueModel,
     count_parameters,
     load_reward_model,
     load_tokenizer,
@@ -104,7 +105,7 @@ def train(cfg: RMConfig, resume: str | bool | None = None) -> dict:
     run = start_run(cfg, "rm", resume)
     acc = run.accelerator
     tokenizer = load_tokenizer(cfg.model)
-    model = load_reward_model(cfg.model, tokenizer, acc.device)
+    model = ValueModel(load_reward_model(cfg.model, tokenizer, acc.device))  # one forward for DDP to wrap
     model.train()
     pad_id = tokenizer.pad_token_id
 

@@ -74,14 +74,22 @@ def start_run(cfg: Section, recipe: str, resume: str | bool | None = None) -> Ru
     quiet_libraries()
     if run_cfg.threads:
         torch.set_num_threads(run_cfg.threads)
+    from accelerate import PartialState
+    from accelerate.utils import broadcast_object_list
+
     run_dir = resolve_run_dir(run_cfg, recipe, resume)
+    if PartialState().num_processes > 1:  # {time} must name one folder on every process
+        run_dir = Path(broadcast_object_list([str(run_dir)])[0])
     resume_from = None
     if resume:
         resume_from = latest_checkpoint(run_dir)
         if resume_from is None:
             raise FileNotFoundError(f"--resume: no complete checkpoint under {run_dir}/checkpoints")
     seed_everything(train_cfg.seed)
-    accelerator = Accelerator(mixed_precision=_mixed_precision(train_cfg.mixed_precision), cpu=_cpu_only(cfg))
+    # step_scheduler_with_optimizer=False: our step counts are global optimizer steps, so each process advances the
+    # schedule once per step (accelerate's default would advance it num_processes times).
+    accelerator = Accelerator(mixed_precision=_mixed_precision(train_cfg.mixed_precision), cpu=_cpu_only(cfg),
+                              step_scheduler_with_optimizer=False)
     log = RunLog(run_dir, run_cfg.report_to, cfg.model_dump(mode="json"), enabled=accelerator.is_main_process)
     if accelerator.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -170,7 +178,9 @@ def save_final(run: Run, model, tokenizer, step: int, run_cfg: RunConfig, state:
 
     save_checkpoint(run.accelerator, run.dir, step, state or {}, run_cfg.keep_checkpoints)
     if run.is_main:
-        save_model(run.accelerator.unwrap_model(model), tokenizer, run.dir / "final", merge_adapter=run_cfg.merge_adapter)
+        unwrapped = run.accelerator.unwrap_model(model)
+        unwrapped = getattr(unwrapped, "hf", unwrapped)  # a ValueModel saves the Hugging Face model inside it
+        save_model(unwrapped, tokenizer, run.dir / "final", merge_adapter=run_cfg.merge_adapter)
 
 
 def finish_run(run: Run, summary: dict[str, Any], headline: Sequence[tuple[str, Any]]) -> dict[str, Any]:
