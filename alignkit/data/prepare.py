@@ -74,24 +74,10 @@ def _fits(row: Tokenized, data: DataConfig) -> str:
 
 
 def tokenize_pairs(examples: Sequence, tokenizer, data: DataConfig, name: str) -> tuple[list[PairRow], TokenizeReport]:
-    """Tokenize (prompt, chosen, rejected) into two sequences; a pair is dropped when either side cannot be used."""
-    rows: list[PairRow] = []
-    truncated = long = empty = 0
-    for example in examples:
-        sides = [tokenize_conversation(tokenizer, example.prompt + side, first_trained=len(example.prompt),
-                                       max_length=data.max_length) for side in (example.chosen, example.rejected)]
-        verdicts = {_fits(side, data) for side in sides}
-        if "long" in verdicts:
-            long += 1
-        elif "empty" in verdicts:
-            empty += 1
-        else:
-            truncated += any(side.truncated for side in sides)
-            rows.append(PairRow(sides[0], sides[1], example.margin))
-    report = TokenizeReport(len(rows), truncated, long, empty)
-    if examples and not rows:
-        raise DataError(f"{name}: every pair was filtered out ({report.describe(name)}); raise data.max_length?")
-    return rows, report
+    """Tokenize (prompt, chosen, rejected) into two sequences; a pair is dropped when either side cannot be used
+    (a pair is a best-first list of two, so the ranking tokenizer does the work)."""
+    rows, report = tokenize_rankings(examples, tokenizer, data, name)
+    return [PairRow(row.responses[0], row.responses[1], row.margin) for row in rows], report
 
 
 @dataclass(frozen=True)
