@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 from ..config import DataConfig
 from .formats import DataError, SFTExample
 from .loading import load_examples, train_eval_split
 from .templates import Tokenized, tokenize_conversation
+
+T = TypeVar("T")
 
 
 def resolve_data_source(source: str) -> str:
@@ -41,22 +44,35 @@ class TokenizeReport:
                 f"{self.dropped_overlong} dropped as over-length, {self.dropped_no_target} dropped with no response left")
 
 
+def _keep_fitting(candidates: Iterable[tuple[list[Tokenized], T]], data: DataConfig, name: str
+                  ) -> tuple[list[T], TokenizeReport]:
+    """The one over-length policy: keep each candidate row unless one of its sequences is over-length under
+    ``overlong: drop`` or has no response token left after truncation; count what happened."""
+    rows: list[T] = []
+    truncated = long = empty = 0
+    for sequences, row in candidates:
+        verdicts = {_fits(seq, data) for seq in sequences}
+        if "long" in verdicts:
+            long += 1
+        elif "empty" in verdicts:
+            empty += 1
+        else:
+            truncated += any(seq.truncated for seq in sequences)
+            rows.append(row)
+    report = TokenizeReport(len(rows), truncated, long, empty)
+    if long + empty and not rows:
+        raise DataError(f"{name}: every record was filtered out ({report.describe(name)}); raise data.max_length?")
+    return rows, report
+
+
 def tokenize_sft(examples: Sequence[SFTExample], tokenizer, data: DataConfig, name: str) -> tuple[list[Tokenized], TokenizeReport]:
     """Tokenize with response-only masks; apply the over-length policy (truncate or drop) and count what happened."""
-    rows: list[Tokenized] = []
-    truncated = dropped_long = dropped_empty = 0
-    for example in examples:
-        row = tokenize_conversation(tokenizer, example.messages, loss_on=data.loss_on, max_length=data.max_length)
-        verdict = _fits(row, data)
-        dropped_long += verdict == "long"
-        dropped_empty += verdict == "empty"
-        if verdict == "ok":
-            truncated += row.truncated
-            rows.append(row)
-    report = TokenizeReport(len(rows), truncated, dropped_long, dropped_empty)
-    if examples and not rows:
-        raise DataError(f"{name}: every example was filtered out ({report.describe(name)}); raise data.max_length?")
-    return rows, report
+    def candidates():
+        for example in examples:
+            row = tokenize_conversation(tokenizer, example.messages, loss_on=data.loss_on, max_length=data.max_length)
+            yield [row], row
+
+    return _keep_fitting(candidates(), data, name)
 
 
 @dataclass(frozen=True)
@@ -88,21 +104,13 @@ class UnpairedRow:
 
 def tokenize_unpaired(examples: Sequence, tokenizer, data: DataConfig, name: str) -> tuple[list[UnpairedRow], TokenizeReport]:
     """Tokenize KTO's (prompt, completion, label) records with the same over-length policy."""
-    rows: list[UnpairedRow] = []
-    truncated = long = empty = 0
-    for example in examples:
-        row = tokenize_conversation(tokenizer, example.prompt + example.completion, first_trained=len(example.prompt),
-                                    max_length=data.max_length)
-        verdict = _fits(row, data)
-        long += verdict == "long"
-        empty += verdict == "empty"
-        if verdict == "ok":
-            truncated += row.truncated
-            rows.append(UnpairedRow(row, example.label))
-    report = TokenizeReport(len(rows), truncated, long, empty)
-    if examples and not rows:
-        raise DataError(f"{name}: every example was filtered out ({report.describe(name)}); raise data.max_length?")
-    return rows, report
+    def candidates():
+        for example in examples:
+            row = tokenize_conversation(tokenizer, example.prompt + example.completion,
+                                        first_trained=len(example.prompt), max_length=data.max_length)
+            yield [row], UnpairedRow(row, example.label)
+
+    return _keep_fitting(candidates(), data, name)
 
 
 @dataclass(frozen=True)
@@ -113,24 +121,14 @@ class RankRow:
 
 def tokenize_rankings(examples: Sequence, tokenizer, data: DataConfig, name: str) -> tuple[list[RankRow], TokenizeReport]:
     """Pairs or ranked lists -> best-first lists of tokenized sequences; a list is dropped if any response is."""
-    rows: list[RankRow] = []
-    truncated = long = empty = 0
-    for example in examples:
-        responses = (example.chosen, example.rejected) if hasattr(example, "chosen") else example.responses
-        seqs = [tokenize_conversation(tokenizer, example.prompt + r, first_trained=len(example.prompt),
-                                      max_length=data.max_length) for r in responses]
-        verdicts = {_fits(seq, data) for seq in seqs}
-        if "long" in verdicts:
-            long += 1
-        elif "empty" in verdicts:
-            empty += 1
-        else:
-            truncated += any(seq.truncated for seq in seqs)
-            rows.append(RankRow(tuple(seqs), getattr(example, "margin", None)))
-    report = TokenizeReport(len(rows), truncated, long, empty)
-    if examples and not rows:
-        raise DataError(f"{name}: every record was filtered out ({report.describe(name)}); raise data.max_length?")
-    return rows, report
+    def candidates():
+        for example in examples:
+            responses = (example.chosen, example.rejected) if hasattr(example, "chosen") else example.responses
+            seqs = [tokenize_conversation(tokenizer, example.prompt + r, first_trained=len(example.prompt),
+                                          max_length=data.max_length) for r in responses]
+            yield seqs, RankRow(tuple(seqs), getattr(example, "margin", None))
+
+    return _keep_fitting(candidates(), data, name)
 
 
 def preference_kind(data: DataConfig) -> str:
