@@ -4,8 +4,11 @@ Notation: B sequences (in the group-relative estimators B = number of prompts x 
 0..G-1 answer prompt 0, rows G..2G-1 prompt 1, ...), G group size, T response tokens. ``mask`` is 1 on real
 response tokens.
 
-Group-relative estimators share one signature, ``fn(scores (B,), group_size, eps) -> advantages (B,)``, one
-advantage per sequence that the policy loss broadcasts over its tokens; ``ADVANTAGES[name]`` picks one.
+Group-relative estimators share one signature, ``fn(scores (B,), group_size, eps, keep) -> advantages (B,)``, one
+advantage per sequence that the policy loss broadcasts over its tokens; ``ADVANTAGES[name]`` picks one. ``keep``
+(B,) bool marks the rows that will get a gradient (None: all); only batch-level statistics use it (REINFORCE++'s
+std), since a dropped row is not part of the batch being normalised. Callers pass the whole batch (every process's
+rows, gathered), so batch statistics are global.
 GAE (PPO) is per token and takes the critic's values.
 """
 
@@ -23,7 +26,7 @@ def _groups(scores: Tensor, group_size: int) -> Tensor:
     return scores.view(-1, group_size)
 
 
-def grpo(scores: Tensor, group_size: int, eps: float = 1e-6) -> Tensor:
+def grpo(scores: Tensor, group_size: int, eps: float = 1e-6, keep: Tensor | None = None) -> Tensor:
     """GRPO (Shao et al. 2024, DeepSeekMath eq. 3 with outcome supervision): (r - mean_group) / (std_group + eps).
 
     std is the unbiased sample std (torch.std), as in the reference implementations; a group whose rewards are
@@ -35,14 +38,14 @@ def grpo(scores: Tensor, group_size: int, eps: float = 1e-6) -> Tensor:
     return ((grouped - mean) / (std + eps)).flatten()
 
 
-def dr_grpo(scores: Tensor, group_size: int, eps: float = 1e-6) -> Tensor:
+def dr_grpo(scores: Tensor, group_size: int, eps: float = 1e-6, keep: Tensor | None = None) -> Tensor:
     """Dr.GRPO (Liu et al. 2025, "Understanding R1-Zero-Like Training"): r - mean_group, no std division, which
     removes GRPO's bias towards low-variance (too easy / too hard) questions."""
     grouped = _groups(scores, group_size)
     return (grouped - grouped.mean(-1, keepdim=True)).flatten()
 
 
-def rloo(scores: Tensor, group_size: int, eps: float = 1e-6) -> Tensor:
+def rloo(scores: Tensor, group_size: int, eps: float = 1e-6, keep: Tensor | None = None) -> Tensor:
     """RLOO (Ahmadian et al. 2024, eq. 5): r_i - mean of the other G-1 rewards of the group
     = G / (G-1) * (r_i - mean_group)."""
     if group_size < 2:
@@ -52,14 +55,16 @@ def rloo(scores: Tensor, group_size: int, eps: float = 1e-6) -> Tensor:
     return (grouped - baseline).flatten()
 
 
-def reinforce_pp(scores: Tensor, group_size: int, eps: float = 1e-6) -> Tensor:
+def reinforce_pp(scores: Tensor, group_size: int, eps: float = 1e-6, keep: Tensor | None = None) -> Tensor:
     """REINFORCE++-baseline (Hu et al. 2025): subtract the group mean, then divide by the std over the whole batch
-    (a global, not per-group, normalisation, which is more stable than GRPO's per-group std)."""
+    (a global, not per-group, normalisation, which is more stable than GRPO's per-group std). The std is the
+    unbiased one over the kept rows (``keep``), the rows that are actually trained on."""
     centred = dr_grpo(scores, group_size)
-    return centred / (centred.std() + eps) if centred.numel() > 1 else centred
+    kept = centred if keep is None else centred[keep.bool()]
+    return centred / (kept.std() + eps) if kept.numel() > 1 else centred
 
 
-ADVANTAGES: dict[str, Callable[[Tensor, int, float], Tensor]] = {
+ADVANTAGES: dict[str, Callable[[Tensor, int, float, Tensor | None], Tensor]] = {
     "grpo": grpo,
     "dr_grpo": dr_grpo,
     "rloo": rloo,

@@ -61,24 +61,34 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
 
 
 def promote(tmp: Path, path: Path) -> None:
-    """Move a finished temporary folder into place, replacing any previous version only once the new one is there."""
-    old = None
+    """Move a finished temporary folder into place, deleting any previous version only once the new one is there.
+
+    A folder cannot replace a folder in one rename: the previous version is first moved aside to ``.NAME.old``.
+    A kill between the two renames leaves it there (``checkpoint_dirs`` still finds it) until a later promote of
+    the same name succeeds.
+    """
+    old = path.with_name(f".{path.name}.old")
     if path.exists():
-        old = path.with_name(f".{path.name}.old")
         shutil.rmtree(old, ignore_errors=True)
         os.replace(path, old)
     os.replace(tmp, path)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def checkpoint_dirs(run_dir: str | Path) -> list[Path]:
-    """Complete step checkpoints of a run, oldest first (temporary or partial folders are ignored)."""
+    """Complete step checkpoints of a run, oldest first (temporary or partial folders are ignored).
+
+    A step whose save was killed inside ``promote`` is listed by its previous version, ``.step-N.old``.
+    """
     root = Path(run_dir) / "checkpoints"
     if not root.is_dir():
         return []
-    found = [p for p in root.glob("step-*") if p.name[5:].isdigit() and (p / STATE_FILE).is_file()]
-    return sorted(found, key=lambda p: int(p.name[5:]))
+    found = {}
+    for pattern, number in ((".step-*.old", lambda name: name[6:-4]), ("step-*", lambda name: name[5:])):
+        for p in root.glob(pattern):  # step-N, second, wins over a leftover .step-N.old
+            if number(p.name).isdecimal() and (p / STATE_FILE).is_file():  # not isdigit: int("²") fails
+                found[int(number(p.name))] = p
+    return [found[step] for step in sorted(found)]
 
 
 def latest_checkpoint(run_dir: str | Path) -> Path | None:

@@ -6,6 +6,9 @@ Each recipe's ``--help`` lists every config field with its default and one-line 
 from __future__ import annotations
 
 import argparse
+import errno
+import os
+import re
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -82,6 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
                            epilog=_fields_help(recipe.config), formatter_class=argparse.RawDescriptionHelpFormatter)
         p.add_argument("config", nargs="?", help="YAML config file (omit to use the defaults: the demo task)")
         p.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. train.lr=1e-4")
+        p.add_argument("--accelerate-config", metavar="FILE", default=None,
+                       help="run under `accelerate launch --config_file FILE` (DDP / FSDP / DeepSpeed, several GPUs)")
         p.add_argument("--resume", nargs="?", const=True, default=None, metavar="RUN_DIR",
                        help="continue from the latest checkpoint (of RUN_DIR, or of run.output_dir)")
     demo = sub.add_parser("demo", help="the offline showcase on the built-in arithmetic world (no downloads)")
@@ -91,12 +96,76 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# How Rust-backed libraries (safetensors, tokenizers) quote the OS error under their own exception types.
+_RUST_OS_ERROR = re.compile(r"\(os error (\d+)\)")
+
+
+def _one_line(text: object) -> str:
+    """An error is one line: several (one per bad config key, say) are joined, never printed as a block."""
+    return "; ".join(line.strip() for line in str(text).splitlines() if line.strip())
+
+
+def _os_failure(exc: BaseException, cfg) -> str | None:
+    """One line for a failed file-system operation, also when a library re-raised it as its own type
+    (safetensors' SafetensorError, torch.save's RuntimeError); None when ``exc`` is not one."""
+    run_dir = cfg.run.output_dir if hasattr(cfg, "run") else None
+    if isinstance(exc, OSError) and exc.filename is not None and exc.strerror:
+        return f"{exc.filename}: {exc.strerror}"
+    if isinstance(exc, OSError) and exc.errno:
+        code = exc.errno
+    elif match := _RUST_OS_ERROR.search(str(exc)):
+        code = int(match.group(1))
+    elif isinstance(exc, RuntimeError) and "file write failed" in str(exc):  # torch.save's stream writer
+        return f"a write under {run_dir or 'the output folder'} failed (torch.save: file write failed); is the disk full?"
+    elif isinstance(exc, OSError):  # transformers / the hub: a message of their own (no such repo, no network)
+        return _one_line(str(exc))
+    else:
+        return None
+    if code in (errno.ENOSPC, errno.EDQUOT) and run_dir:  # a write to the run folder, nearly always
+        return (f"{os.strerror(code)} while writing under {run_dir}; complete checkpoints there are intact: "
+                "free space, then rerun with --resume")
+    return f"{os.strerror(code)} ({type(exc).__name__}: {_one_line(exc)})"
+
+
+def _is_model_error(exc: BaseException) -> bool:
+    """A `models.ModelError` or `rewards.RewardError`, without importing torch for `alignkit --help`: a module
+    not loaded cannot have raised its error."""
+    for module, name in (("alignkit.models", "ModelError"), ("alignkit.rewards", "RewardError")):
+        loaded = sys.modules.get(module)
+        if loaded is not None and isinstance(exc, getattr(loaded, name)):
+            return True
+    return False
+
+
+def accelerate_command(config_file: str, argv: list[str]) -> list[str]:
+    """The same alignkit command under ``accelerate launch --config_file FILE`` (the flag itself removed)."""
+    rest, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--accelerate-config":
+            skip = True
+        elif not arg.startswith("--accelerate-config="):
+            rest.append(arg)
+    return [sys.executable, "-m", "accelerate.commands.launch", "--config_file", config_file, "-m", "alignkit.cli", *rest]
+
+
+def _relaunch(config_file: str, argv: list[str]) -> int:
+    import subprocess
+    from pathlib import Path
+
+    if not Path(config_file).is_file():
+        raise ConfigError(f"--accelerate-config {config_file}: no such file (write one with `accelerate config`)")
+    return subprocess.call(accelerate_command(config_file, argv))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
         return 2
+    cfg = None
     try:
         if args.command == "demo":
             from .demo.run import run_demo
@@ -104,18 +173,26 @@ def main(argv: list[str] | None = None) -> int:
             run_demo(args.out, fast=args.fast, stages=args.stages.split(",") if args.stages else None)
             return 0
         recipe = RECIPES[args.command]
+        if getattr(args, "accelerate_config", None):
+            return _relaunch(args.accelerate_config, list(argv if argv is not None else sys.argv[1:]))
         config, overrides = args.config, list(args.overrides)
         if config and "=" in config and not config.endswith((".yaml", ".yml")):
             config, overrides = None, [config, *overrides]  # only overrides were given
         cfg = load_config(recipe.config, config, overrides)
         recipe.train(cfg, args.resume)
         return 0
-    except (ConfigError, DataError, FileNotFoundError) as exc:
-        print(f"alignkit: error: {exc}", file=sys.stderr)
+    except (ConfigError, DataError) as exc:
+        print(f"alignkit: error: {_one_line(exc)}", file=sys.stderr)
         return 2
     except FloatingPointError as exc:
         print(f"alignkit: stopped: {exc}", file=sys.stderr)
         return 3
+    except Exception as exc:  # only the known kinds of user-facing failure; anything else is a bug: traceback
+        message = _one_line(exc) if _is_model_error(exc) else _os_failure(exc, cfg)
+        if message is None:
+            raise
+        print(f"alignkit: error: {message}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import difflib
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, ClassVar, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 
 class ConfigError(ValueError):
@@ -52,12 +52,13 @@ class DataConfig(Section):
     overlong: Literal["truncate", "drop"] = Field("truncate", description="what to do with longer examples: cut the end, or drop them (counts are reported)")
     loss_on: Literal["assistant", "last_turn"] = Field("assistant", description="train on every assistant turn, or only the last one")
     packing: bool = Field(False, description="pack several short examples into one row (no cross-example attention)")
+    duplicates: Literal["error", "keep"] = Field("error", description="a record repeated verbatim: an error naming both lines, or keep it (it then weighs double); demo: sets are exempt")
 
 
 class TrainConfig(Section):
     epochs: float = Field(1.0, gt=0, description="passes over the training data (ignored when max_steps > 0)")
     max_steps: int = Field(0, ge=0, description="optimizer steps to run; 0 = derive from epochs")
-    batch_size: int = Field(8, ge=1, description="examples per micro-batch per device")
+    batch_size: int = Field(8, ge=1, description="examples per micro-batch, over all processes (global: each process takes batch_size / num_processes, which must divide); RL: prompts per rollout step")
     grad_accum: int = Field(1, ge=1, description="micro-batches accumulated per optimizer step")
     lr: float = Field(2e-5, gt=0, description="peak learning rate")
     weight_decay: float = Field(0.0, ge=0, description="AdamW decoupled weight decay")
@@ -68,6 +69,13 @@ class TrainConfig(Section):
     max_grad_norm: float = Field(1.0, ge=0, description="clip the global gradient norm to this; 0 = no clipping")
     mixed_precision: Literal["auto", "no", "bf16", "fp16"] = Field("auto", description="autocast on GPU; auto = bf16 when supported, no on CPU")
     seed: int = Field(0, description="seed for data order, initialisation and sampling")
+    on_nonfinite: Literal["stop", "skip"] = Field("stop", description="a NaN / inf loss or gradient norm: stop the run naming the step and the quantity (the last checkpoint stays), or skip that optimizer step and go on (counted in nonfinite/skipped_steps)")
+
+    @field_validator("mixed_precision", mode="before")
+    @classmethod
+    def _yaml_no(cls, value: Any) -> Any:
+        """YAML 1.1 reads a bare ``no`` as false: take it as the documented "no" (in files and in overrides)."""
+        return "no" if value is False else value
 
 
 class RunConfig(Section):
@@ -85,19 +93,50 @@ class RunConfig(Section):
     progress: bool = Field(True, description="show a progress bar")
 
 
-class SFTConfig(Section):
-    """Supervised fine-tuning: next-token loss on the response tokens."""
+class RecipeConfig(Section):
+    """The four sections every recipe shares, declared once. A recipe subclass adds its own section(s) and says
+    two things as data: ``DEFAULTS``, its own defaults for the shared sections (laid under whatever the user
+    gives), and ``REFUSED``, the shared fields it does not use, each with the reason. A refused field set to
+    anything but its default is an error naming the key and the reason: a knob that does nothing is never
+    accepted in silence."""
+
+    DEFAULTS: ClassVar[dict[str, dict[str, Any]]] = {}
+    REFUSED: ClassVar[dict[str, str]] = {}
 
     model: ModelConfig = Field(default_factory=ModelConfig, description="the model to train")
     data: DataConfig = Field(default_factory=DataConfig, description="training and eval data")
     train: TrainConfig = Field(default_factory=TrainConfig, description="optimisation")
     run: RunConfig = Field(default_factory=RunConfig, description="outputs, logging, checkpoints")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _recipe_defaults(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        return deep_merge(cls.DEFAULTS, {k: v.model_dump() if isinstance(v, Section) else v for k, v in data.items()})
+
     @model_validator(mode="after")
-    def _check(self) -> SFTConfig:
+    def _honest(self) -> RecipeConfig:
+        refuse_unused(self)
         if self.model.adapter == "none" and self.run.merge_adapter:
             raise ValueError("run.merge_adapter needs model.adapter = lora or qlora")
         return self
+
+
+def refuse_unused(cfg: Section) -> None:
+    """Raise when a field the recipe does not use (``REFUSED``) is set to anything but the recipe's default."""
+    defaults = getattr(cfg, "DEFAULTS", {})
+    for key, why in getattr(cfg, "REFUSED", {}).items():
+        section, name = key.split(".")
+        value = getattr(getattr(cfg, section), name)
+        field = type(cfg).model_fields[section]
+        default = defaults.get(section, {}).get(name, field.annotation.model_fields[name].get_default(call_default_factory=True))
+        if value != default:
+            raise ValueError(f"{key} = {value!r} is not used by this recipe: {why}")
+
+
+class SFTConfig(RecipeConfig):
+    """Supervised fine-tuning: next-token loss on the response tokens."""
 
 
 C = TypeVar("C", bound=Section)
@@ -193,13 +232,20 @@ def _describe(cls: type[Section], err: dict[str, Any], source: str, node: yaml.N
     line = _line_of(node, loc)
     where = f"{source} line {line}" if line else source
     if err["type"] == "extra_forbidden":
+        renamed = RENAMED.get(".".join(p for p in loc if not p.isdigit()))
+        if renamed:
+            return f'{where}: key "{key}" was renamed to "{renamed}"'
         valid = _keys_at(cls, loc[:-1])
         close = difflib.get_close_matches(loc[-1], valid, n=1, cutoff=0.5)
         hint = f' (did you mean "{".".join(loc[:-1] + (close[0],))}"?)' if close else f" (valid keys here: {', '.join(valid)})"
         return f'{where}: unknown key "{key}"{hint}'
     if err["type"] == "value_error" and not loc:
         return f"{where}: {err['msg'].removeprefix('Value error, ')}"
-    return f'{where}: key "{key}" = {err.get("input")!r} is invalid: {err["msg"]}'
+    return f'{where}: key "{key}" = {err.get("input")!r} is invalid: {err["msg"].removeprefix("Value error, ")}'
+
+
+# old key -> its new name: a config written for an earlier version gets told, not "unknown key"
+RENAMED = {"grpo.overlong_penalty": "grpo.missing_eos_penalty"}
 
 
 def _keys_at(cls: type[Section], loc: tuple[str, ...]) -> list[str]:
@@ -271,13 +317,13 @@ def _preference_data(train: str) -> DataConfig:
     return DataConfig(train=train, eval_fraction=0.05, max_length=512)
 
 
-class DPOConfig(Section):
+class DPOConfig(RecipeConfig):
     """Direct preference optimisation and its family, on prompt/chosen/rejected pairs."""
 
-    model: ModelConfig = Field(default_factory=lambda: ModelConfig(name_or_path="demo:sft"), description="the policy to train (usually the SFT model)")
-    data: DataConfig = Field(default_factory=lambda: _preference_data("demo:prefs"), description="preference pairs")
-    train: TrainConfig = Field(default_factory=lambda: TrainConfig(lr=5e-7, warmup_ratio=0.1), description="optimisation")
-    run: RunConfig = Field(default_factory=lambda: RunConfig(output_dir="runs/dpo-{time}"), description="outputs, logging, checkpoints")
+    DEFAULTS = {"model": {"name_or_path": "demo:sft"}, "data": {"train": "demo:prefs", "max_length": 512},
+                "train": {"lr": 5e-7, "warmup_ratio": 0.1}, "run": {"output_dir": "runs/dpo-{time}"}}
+    REFUSED = {"data.packing": "packing is for SFT; pairs are scored as whole sequences",
+               "data.loss_on": "the loss covers the response after the prompt (every turn of a multi-turn response)"}
     dpo: DPOSection = Field(default_factory=DPOSection, description="the preference loss and its reference")
 
 
@@ -289,13 +335,13 @@ class KTOSection(Section):
     reference_model: str | None = Field(None, description="reference model path; None = the starting policy")
 
 
-class KTOConfig(Section):
+class KTOConfig(RecipeConfig):
     """Kahneman-Tversky optimisation on unpaired prompt/completion/label data."""
 
-    model: ModelConfig = Field(default_factory=lambda: ModelConfig(name_or_path="demo:sft"), description="the policy to train (usually the SFT model)")
-    data: DataConfig = Field(default_factory=lambda: _preference_data("demo:kto"), description="unpaired examples with a desirable label")
-    train: TrainConfig = Field(default_factory=lambda: TrainConfig(lr=5e-7, warmup_ratio=0.1), description="optimisation")
-    run: RunConfig = Field(default_factory=lambda: RunConfig(output_dir="runs/kto-{time}"), description="outputs, logging, checkpoints")
+    DEFAULTS = {"model": {"name_or_path": "demo:sft"}, "data": {"train": "demo:kto", "max_length": 512},
+                "train": {"lr": 5e-7, "warmup_ratio": 0.1}, "run": {"output_dir": "runs/kto-{time}"}}
+    REFUSED = {"data.packing": "packing is for SFT; pairs are scored as whole sequences",
+               "data.loss_on": "the loss covers the response after the prompt (every turn of a multi-turn response)"}
     kto: KTOSection = Field(default_factory=KTOSection, description="the KTO loss and its reference")
 
 
@@ -306,13 +352,15 @@ class RMSection(Section):
     center_coef: float = Field(0.0, ge=0, description="weight of the reward-centering term mean(r)^2 that keeps rewards near zero")
 
 
-class RMConfig(Section):
+class RMConfig(RecipeConfig):
     """Reward model: a scalar head on a causal-LM backbone, trained on preference pairs or ranked lists."""
 
-    model: ModelConfig = Field(default_factory=lambda: ModelConfig(name_or_path="demo:sft"), description="the backbone (usually the SFT model)")
-    data: DataConfig = Field(default_factory=lambda: _preference_data("demo:prefs"), description="pairs or ranked lists")
-    train: TrainConfig = Field(default_factory=lambda: TrainConfig(lr=1e-5, warmup_ratio=0.05), description="optimisation")
-    run: RunConfig = Field(default_factory=lambda: RunConfig(output_dir="runs/rm-{time}"), description="outputs, logging, checkpoints")
+    DEFAULTS = {"model": {"name_or_path": "demo:sft"}, "data": {"train": "demo:prefs", "max_length": 512},
+                "train": {"lr": 1e-5, "warmup_ratio": 0.05}, "run": {"output_dir": "runs/rm-{time}"}}
+    REFUSED = {**{"data.packing": "packing is for SFT; pairs are scored as whole sequences",
+               "data.loss_on": "the loss covers the response after the prompt (every turn of a multi-turn response)"},
+               **{f"run.{k}": "a reward model scores text, it does not generate any"
+                  for k in ("sample_every", "num_samples", "sample_max_new_tokens")}}
     rm: RMSection = Field(default_factory=RMSection, description="the ranking loss")
 
 
@@ -325,10 +373,26 @@ class EvalSection(Section):
 class EvalConfig(Section):
     """Evaluation runs: score held-out data with a trained model and report the figures that say if it is ready."""
 
+    DEFAULTS: ClassVar[dict[str, dict[str, Any]]] = {}
+    REFUSED: ClassVar[dict[str, str]] = {
+        **{f"data.{k}": "eval reads data.train only, whole" for k in ("eval", "eval_fraction", "packing", "overlong",
+                                                                      "loss_on", "duplicates")},
+        **{f"model.{k}": "eval scores with the model as saved; it trains nothing"
+           for k in ("adapter", "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules", "gradient_checkpointing")},
+        **{f"run.{k}": "eval writes its summary and scores only; it trains, samples and checkpoints nothing"
+           for k in ("log_every", "eval_every", "save_every", "keep_checkpoints", "sample_every", "num_samples",
+                     "sample_max_new_tokens", "report_to", "merge_adapter", "progress")},
+    }
+
     model: ModelConfig = Field(default_factory=lambda: ModelConfig(name_or_path="demo:rm"), description="the model to evaluate")
     data: DataConfig = Field(default_factory=lambda: _preference_data("demo:prefs_eval"), description="held-out data (data.train is read)")
     run: RunConfig = Field(default_factory=lambda: RunConfig(output_dir="runs/eval-{time}"), description="where the report goes")
     eval: EvalSection = Field(default_factory=EvalSection, description="what to evaluate")
+
+    @model_validator(mode="after")
+    def _honest(self) -> EvalConfig:
+        refuse_unused(self)
+        return self
 
 
 # ------------------------------------------------------------------------------------------------ RL stages
@@ -342,13 +406,23 @@ class RewardSource(Section):
     judge: str | None = Field(None, description="a causal LM used as a judge (RLAIF): it is asked args.template and its first number is the score")
     normalize: bool = Field(True, description="reward models: normalise with the mean / std stored beside the model")
     weight: float = Field(1.0, description="multiplier of this source in the total reward")
-    args: dict[str, Any] = Field(default_factory=dict, description="keyword arguments for builtins and judges")
+    args: dict[str, Any] = Field(default_factory=dict, description="keyword arguments for fn, builtin and judge sources (a judge: template, scale, default, max_new_tokens)")
+    revision: str | None = Field(None, description="reward_model / judge: hub revision to load")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field("auto", description="reward_model / judge: weights dtype")
+    trust_remote_code: bool = Field(False, description="reward_model / judge: allow model code from the hub repository to run")
 
     @model_validator(mode="after")
     def _one_source(self) -> RewardSource:
         given = [k for k in ("fn", "builtin", "reward_model", "judge") if getattr(self, k)]
         if len(given) != 1:
             raise ValueError(f"a reward source needs exactly one of fn, builtin, reward_model, judge (got {given or 'none'})")
+        models = self.reward_model or self.judge
+        unused = {"args": bool(self.args) and bool(self.reward_model), "normalize": not self.normalize and not self.reward_model,
+                  **{k: getattr(self, k) != d and not models for k, d in (("revision", None), ("dtype", "auto"),
+                                                                          ("trust_remote_code", False))}}
+        for key, is_unused in unused.items():
+            if is_unused:
+                raise ValueError(f"reward source {self.label}: {key} does not apply to a {given[0]} source")
         return self
 
     @property
@@ -369,6 +443,10 @@ class SamplingSection(Section):
     top_k: int = Field(0, ge=0, description="top-k filter; 0 = off")
 
 
+K1_AS_LOSS = ("{key} = k1 cannot be a KL loss term: E[grad log pi] = 0, so its expected gradient is zero and the "
+              "penalty would never pull toward the reference; use k3 (unbiased, non-negative) or k2")
+
+
 class GRPOSection(Section):
     group_size: int = Field(8, ge=2, description="G, responses sampled per prompt")
     advantage: Literal["grpo", "dr_grpo", "rloo", "reinforce_pp"] = Field("grpo", description="baseline: group mean/std (GRPO), group mean (Dr.GRPO), leave-one-out (RLOO), group mean / batch std (REINFORCE++)")
@@ -376,14 +454,21 @@ class GRPOSection(Section):
     clip_low: float | None = Field(None, ge=0, description="lower clip epsilon; None = 0.2 (token) or 3e-4 (sequence)")
     clip_high: float | None = Field(None, ge=0, description="upper clip epsilon (DAPO clip-higher: larger than clip_low); None = 0.2 (token) or 4e-4 (sequence)")
     num_iterations: int = Field(1, ge=1, description="mu: policy updates per rollout batch; with 1, old log-probs are the current ones (no extra forward)")
-    micro_batch_size: int = Field(16, ge=1, description="sequences per forward / backward (memory knob; does not change the result)")
+    micro_batch_size: int = Field(16, ge=1, description="sequences per forward / backward on each process (memory knob; does not change the result)")
     loss_aggregation: Literal["token_mean", "seq_mean_token_mean", "seq_mean_token_sum"] | None = Field(None, description="token_mean (DAPO), seq_mean_token_mean (GRPO paper), seq_mean_token_sum (Dr.GRPO: / max_new_tokens); None = seq_mean_token_mean for sequence ratios (GSPO's gradient), token_mean otherwise")
     beta: float = Field(0.0, ge=0, description="KL-to-reference loss coefficient (k3 estimator); 0 = no reference model loaded")
-    kl_estimator: Literal["k1", "k2", "k3"] = Field("k3", description="per-token KL estimator used for the KL loss")
+    kl_estimator: Literal["k2", "k3"] = Field("k3", description="per-token KL estimator of the KL loss (k1 is refused: as a loss term its expected gradient is zero)")
     entropy_coef: float = Field(0.0, ge=0, description="entropy bonus coefficient")
     dynamic_sampling: bool = Field(False, description="drop groups whose rewards are all equal (DAPO); the fraction is reported")
-    overlong_penalty: float = Field(0.0, ge=0, description="subtracted from the reward of responses that hit max_new_tokens without EOS")
+    missing_eos_penalty: float = Field(0.0, ge=0, description="subtracted from the score of responses that hit max_new_tokens without EOS")
     mask_truncated: bool = Field(False, description="give truncated (no-EOS) responses no gradient at all")
+
+    @field_validator("kl_estimator", mode="before")
+    @classmethod
+    def _no_k1(cls, value: Any) -> Any:
+        if value == "k1":
+            raise ValueError(K1_AS_LOSS.format(key="grpo.kl_estimator"))
+        return value
 
     @property
     def aggregation(self) -> str:
@@ -403,13 +488,18 @@ def _demo_rewards() -> list[RewardSource]:
     return [RewardSource(builtin="demo_gold")]
 
 
-class GRPOConfig(Section):
+class GRPOConfig(RecipeConfig):
     """Group-relative policy optimisation (GRPO, GSPO, Dr.GRPO, DAPO options, RLOO, REINFORCE++) on prompt-only data."""
 
-    model: ModelConfig = Field(default_factory=lambda: ModelConfig(name_or_path="demo:sft"), description="the policy (usually the SFT model)")
-    data: DataConfig = Field(default_factory=lambda: DataConfig(train="demo:prompts", eval="demo:prompts_eval", max_length=256), description="prompt-only records; extra fields go to reward functions")
-    train: TrainConfig = Field(default_factory=lambda: TrainConfig(lr=1e-6, batch_size=8, warmup_ratio=0.0, max_steps=100), description="optimisation; batch_size = prompts per rollout step")
-    run: RunConfig = Field(default_factory=lambda: RunConfig(output_dir="runs/grpo-{time}"), description="outputs, logging, checkpoints")
+    DEFAULTS = {"model": {"name_or_path": "demo:sft"},
+                "data": {"train": "demo:prompts", "eval": "demo:prompts_eval", "max_length": 256},
+                "train": {"lr": 1e-6, "batch_size": 8, "warmup_ratio": 0.0, "max_steps": 100},
+                "run": {"output_dir": "runs/grpo-{time}"}}
+    REFUSED = {"data.packing": "packing is for SFT; rollouts are laid out by the sampler",
+               "data.loss_on": "the loss covers the sampled response",
+               "train.grad_accum": "an RL step is one rollout batch; bound memory with the algorithm's micro_batch_size",
+               "data.duplicates": "a repeated prompt is simply sampled again; prompt data is not checked for repeats",
+               "run.sample_max_new_tokens": "RL samples are the rollouts themselves (sampling.max_new_tokens)"}
     sampling: SamplingSection = Field(default_factory=SamplingSection, description="rollout sampling")
     grpo: GRPOSection = Field(default_factory=GRPOSection, description="the algorithm")
     rewards: list[RewardSource] = Field(default_factory=_demo_rewards, description="reward sources, summed with their weights")
@@ -418,8 +508,8 @@ class GRPOConfig(Section):
 
 class PPOSection(Section):
     ppo_epochs: int = Field(4, ge=1, description="passes over each rollout batch")
-    mini_batch_size: int = Field(8, ge=1, description="sequences per optimizer step within a pass")
-    micro_batch_size: int = Field(8, ge=1, description="sequences per forward / backward (memory knob; no effect on the result)")
+    mini_batch_size: int = Field(8, ge=1, description="sequences per optimizer step within a pass, over all processes (divides train.batch_size; each process takes mini_batch_size / num_processes)")
+    micro_batch_size: int = Field(8, ge=1, description="sequences per forward / backward on each process (memory knob; no effect on the result)")
     clip_low: float = Field(0.2, ge=0, description="policy ratio clip below 1")
     clip_high: float = Field(0.2, ge=0, description="policy ratio clip above 1 (raise it for DAPO-style clip-higher)")
     dual_clip: float | None = Field(None, gt=1, description="dual-clip bound c for negative advantages (e.g. 3.0); None = off")
@@ -433,8 +523,8 @@ class PPOSection(Section):
     lam: float = Field(0.95, ge=0, le=1, description="GAE lambda")
     whiten_advantages: bool = Field(True, description="normalise advantages to zero mean, unit variance over valid tokens")
     kl_coef: float = Field(0.05, ge=0, description="initial coefficient of the per-token KL penalty to the reference")
-    kl_estimator: Literal["k1", "k3"] = Field("k1", description="per-token KL estimator in the penalty: k1 (log ratio, classic RLHF) or k3 (non-negative)")
-    kl_in_loss: bool = Field(False, description="put beta * KL in the policy loss instead of the reward (GRPO style)")
+    kl_estimator: Literal["k1", "k2", "k3"] = Field("k1", description="per-token KL estimator: k1 (log ratio, classic RLHF reward penalty), k2, or k3 (non-negative); with kl_in_loss, k2 or k3")
+    kl_in_loss: bool = Field(False, description="put kl_coef * KL (kl_estimator k2 or k3) in the policy loss instead of the reward (GRPO style)")
     adaptive_kl: bool = Field(False, description="adapt kl_coef with the proportional controller of Ziegler et al.")
     kl_target: float = Field(6.0, gt=0, description="adaptive KL: target per-sequence KL (nats)")
     kl_horizon: int = Field(10000, ge=1, description="adaptive KL: horizon (sequences) of the controller")
@@ -446,23 +536,33 @@ class PPOSection(Section):
     entropy_coef: float = Field(0.0, ge=0, description="entropy bonus coefficient")
 
 
-class PPOConfig(Section):
+class PPOConfig(RecipeConfig):
     """PPO with a critic (InstructGPT-style RLHF): actor, critic, frozen reference, frozen reward."""
 
-    model: ModelConfig = Field(default_factory=lambda: ModelConfig(name_or_path="demo:sft"), description="the actor (usually the SFT model); also the reference")
-    data: DataConfig = Field(default_factory=lambda: DataConfig(train="demo:prompts", eval="demo:prompts_eval", max_length=256), description="prompt-only records")
-    train: TrainConfig = Field(default_factory=lambda: TrainConfig(lr=1e-6, batch_size=16, warmup_ratio=0.0, max_steps=100), description="optimisation; batch_size = prompts per rollout step")
-    run: RunConfig = Field(default_factory=lambda: RunConfig(output_dir="runs/ppo-{time}"), description="outputs, logging, checkpoints")
+    DEFAULTS = {"model": {"name_or_path": "demo:sft"},
+                "data": {"train": "demo:prompts", "eval": "demo:prompts_eval", "max_length": 256},
+                "train": {"lr": 1e-6, "batch_size": 16, "warmup_ratio": 0.0, "max_steps": 100},
+                "run": {"output_dir": "runs/ppo-{time}"}}
+    REFUSED = {"data.packing": "packing is for SFT; rollouts are laid out by the sampler",
+               "data.loss_on": "the loss covers the sampled response",
+               "train.grad_accum": "an RL step is one rollout batch; bound memory with the algorithm's micro_batch_size",
+               "data.duplicates": "a repeated prompt is simply sampled again; prompt data is not checked for repeats",
+               "run.sample_max_new_tokens": "RL samples are the rollouts themselves (sampling.max_new_tokens)"}
     sampling: SamplingSection = Field(default_factory=SamplingSection, description="rollout sampling")
     ppo: PPOSection = Field(default_factory=PPOSection, description="the algorithm")
     rewards: list[RewardSource] = Field(default_factory=lambda: [RewardSource(reward_model="demo:rm")], description="reward sources (a reward model, Python functions), summed with weights")
     eval_rewards: list[RewardSource] = Field(default_factory=list, description="extra sources scored at eval only, never optimised (e.g. a held-out judge: reward hacking shows as a gap)")
 
     @model_validator(mode="after")
-    def _no_fp16(self) -> PPOConfig:
+    def _ppo_rules(self) -> PPOConfig:
         if self.train.mixed_precision == "fp16":
             raise ValueError("PPO does not support train.mixed_precision = fp16 (the actor and critic optimizers would "
                              "share one loss scaler); use bf16, or no")
+        if self.ppo.kl_in_loss and self.ppo.kl_estimator == "k1":
+            raise ValueError(K1_AS_LOSS.format(key="ppo.kl_estimator") + " (ppo.kl_in_loss is on)")
+        if self.train.batch_size % self.ppo.mini_batch_size:
+            raise ValueError(f"ppo.mini_batch_size = {self.ppo.mini_batch_size} must divide train.batch_size = "
+                             f"{self.train.batch_size} (both count sequences over all processes)")
         return self
 
     @property
@@ -470,3 +570,4 @@ class PPOConfig(Section):
         """The critic starts from ppo.critic_model, else the first reward model, else the policy (new value head)."""
         models = [s.reward_model for s in self.rewards if s.reward_model]
         return self.ppo.critic_model or (models[0] if models else self.model.name_or_path)
+

@@ -51,7 +51,8 @@ MARGIN_BUCKETS = (0.0, 0.5, 1.0, 2.0, float("inf"))
 def preference_metrics(margins, bins: int = 10) -> dict[str, float]:
     """What a pairwise judge's margins (r_preferred - r_other, one per labelled pair) say about it.
 
-    accuracy: fraction with a positive margin. margin_mean. accuracy_by_margin[a-b]: accuracy among pairs whose
+    accuracy: fraction with a positive margin, a zero margin (a tie: the judge cannot tell) counting 0.5, as in
+    the training losses' accuracy. margin_mean. accuracy_by_margin[a-b]: accuracy among pairs whose
     |margin| falls in [a, b): a well-behaved RM is more accurate where it is more confident. calibration_error:
     expected calibration error of p = sigmoid(margin) against the labels (confidence max(p, 1 - p) in ``bins``
     equal bins, |accuracy - confidence| weighted by bin size); 0 is perfectly calibrated.
@@ -61,7 +62,7 @@ def preference_metrics(margins, bins: int = 10) -> dict[str, float]:
     margins = torch.as_tensor(margins, dtype=torch.float64).flatten()
     if margins.numel() == 0:
         return {}
-    correct = (margins > 0).double()
+    correct = (margins > 0).double() + 0.5 * (margins == 0).double()
     out = {"accuracy": correct.mean().item(), "margin_mean": margins.mean().item()}
     size = margins.abs()
     for low, high in zip(MARGIN_BUCKETS, MARGIN_BUCKETS[1:]):
@@ -91,7 +92,19 @@ def pair_margins(rewards, valid):
 
 
 def run_eval(cfg, resume=None) -> dict:
-    """``alignkit eval CONFIG.yaml``: score held-out data with a trained model and say whether it is ready.
+    """``alignkit eval CONFIG.yaml``: the evaluation ``eval.mode`` names (one mode today: reward_model)."""
+    from .recipes.runtime import quiet_libraries
+
+    quiet_libraries()
+    if cfg.run.threads:
+        import torch
+
+        torch.set_num_threads(cfg.run.threads)
+    return EVAL_MODES[cfg.eval.mode](cfg)
+
+
+def eval_reward_model(cfg) -> dict:
+    """Score held-out preference data with a trained reward model and say whether it is ready for PPO.
 
     reward_model mode: every pair / ranked list of ``data.train`` is scored by the reward model in ``model``;
     the summary has accuracy, margins, accuracy by margin bucket and calibration, plus the verdict of the field's
@@ -106,17 +119,16 @@ def run_eval(cfg, resume=None) -> dict:
     from .config import dump_config
     from .data.loading import load_examples
     from .data.prepare import preference_kind, resolve_data_source
-    from .recipes.runtime import quiet_libraries, resolve_run_dir
+    from .recipes.runtime import resolve_run_dir
     from .rewards import RewardModelScorer
 
-    quiet_libraries()
     run_dir = resolve_run_dir(cfg.run, "eval", None)
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(run_dir / "config.yaml", dump_config(cfg))
     kind = preference_kind(cfg.data)
     examples = load_examples(resolve_data_source(cfg.data.train), kind, cfg.data.format, split=cfg.data.split,
                              subset=cfg.data.subset)
-    scorer = RewardModelScorer(cfg.model.name_or_path, cfg.model.device, cfg.data.max_length, cfg.model.dtype)
+    scorer = RewardModelScorer(cfg.model, max_length=cfg.data.max_length)
     lists = [(e.chosen, e.rejected) if kind == "preference" else e.responses for e in examples]
     flat_prompts = [e.prompt for e, responses in zip(examples, lists) for _ in responses]
     flat_responses = [r for responses in lists for r in responses]
@@ -150,3 +162,6 @@ def run_eval(cfg, resume=None) -> dict:
             table.add_row(key, f"{value:.4g}" if isinstance(value, float) else str(value))
     Console().print(table)
     return summary
+
+
+EVAL_MODES = {"reward_model": eval_reward_model}

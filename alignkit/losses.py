@@ -72,17 +72,23 @@ def sft_loss(logps: Tensor, mask: Tensor) -> tuple[Tensor, Stats]:
 
 
 # ----------------------------------------------------------------------------------- preference (DPO family)
+def _ordered(higher: Tensor, lower: Tensor) -> Tensor:
+    """1.0 where ``higher > lower``, 0.5 on a tie, 0.0 otherwise: a tie is a coin flip, not a mistake. At DPO's step
+    0 the policy is the reference, every margin is exactly 0, and the accuracy must read 0.5, not 0."""
+    return (higher > lower).float() + 0.5 * (higher == lower).float()
+
+
 # B pairs. *_logps: (B,) log pi(y | x) SUMMED over the response tokens; *_lengths: (B,) response token counts.
 # Every PREFERENCE_LOSSES entry takes the same arguments and ignores, through **_, what it does not use, so a
 # recipe calls PREFERENCE_LOSSES[cfg.loss](chosen_logps, rejected_logps, ref_chosen_logps, ref_rejected_logps,
 # beta=, label_smoothing=, chosen_lengths=, rejected_lengths=, simpo_gamma=). Each returns the per-pair loss
 # (B,) and detached (B,) stats: rewards_chosen, rewards_rejected (the implicit rewards), margin (their
-# difference) and accuracy (1.0 where the chosen reward is higher).
+# difference) and accuracy (1.0 where the chosen reward is higher, 0.5 on a tie, 0.0 where it is lower).
 def _pair_stats(rewards_chosen: Tensor, rewards_rejected: Tensor, **extra: Tensor) -> Stats:
     rewards_chosen, rewards_rejected = rewards_chosen.detach(), rewards_rejected.detach()
     return {"rewards_chosen": rewards_chosen, "rewards_rejected": rewards_rejected,
             "margin": rewards_chosen - rewards_rejected,
-            "accuracy": (rewards_chosen > rewards_rejected).float(),
+            "accuracy": _ordered(rewards_chosen, rewards_rejected),
             **{name: value.detach() for name, value in extra.items()}}
 
 
@@ -261,7 +267,8 @@ def bt_pairwise(chosen_rewards: Tensor, rejected_rewards: Tensor,
     """Bradley-Terry pairwise loss (Ouyang et al. 2022, eq. 1 with K = 2), with Llama 2's optional margin.
 
     chosen_rewards, rejected_rewards, margin: (B,). loss (B,) = -logsigmoid(r_c - r_r - margin).
-    Stats: accuracy (1.0 where r_c > r_r), margin (r_c - r_r, not the input margin), rewards_chosen/rejected.
+    Stats: accuracy (1.0 where r_c > r_r, 0.5 on a tie), margin (r_c - r_r, not the input margin),
+    rewards_chosen/rejected.
     """
     difference = chosen_rewards - rejected_rewards
     loss = -F.logsigmoid(difference if margin is None else difference - margin)
@@ -281,8 +288,9 @@ def _valid_pairs(rewards: Tensor, valid: Tensor | None) -> tuple[Tensor, Tensor]
 
 
 def _pair_accuracy(rewards: Tensor, pairs: Tensor) -> Tensor:
-    """Fraction of a row's valid pairs that the rewards order correctly, (B,); 0 for a row with no pairs."""
-    correct = (rewards[:, :, None] > rewards[:, None, :]) & pairs
+    """Fraction of a row's valid pairs that the rewards order correctly, (B,), a tied pair counting 0.5;
+    0 for a row with no pairs."""
+    correct = torch.where(pairs, _ordered(rewards[:, :, None], rewards[:, None, :]), 0.0)
     return (correct.sum((1, 2)) / pairs.sum((1, 2)).clamp(min=1)).float().detach()
 
 
@@ -291,7 +299,7 @@ def ranking_all_pairs(rewards: Tensor, valid: Tensor | None = None) -> tuple[Ten
 
     rewards: (B, K) ordered best to worst. loss (B,) = mean over the row's valid pairs i < j of
     -logsigmoid(r_i - r_j): the paper's 1 / C(K, 2), taken per row. A row with fewer than two valid items
-    gives 0. K = 2 is ``bt_pairwise``. Stats: accuracy (B,), the fraction of pairs ordered correctly.
+    gives 0. K = 2 is ``bt_pairwise``. Stats: accuracy (B,), the fraction of pairs ordered correctly (a tie 0.5).
     """
     rewards, pairs = _valid_pairs(rewards, valid)
     pair_losses = -F.logsigmoid(rewards[:, :, None] - rewards[:, None, :])  # [b, i, j]: i above j

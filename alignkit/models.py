@@ -13,7 +13,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 from .checkpoint import atomic_dir
 from .config import ModelConfig
-from .data.templates import ensure_chat_template
+from .data.templates import BUILTIN_TEMPLATE, ensure_chat_template
 
 REWARD_STATS = "reward_stats.json"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -56,12 +56,21 @@ def resolve_model_path(name_or_path: str) -> str:
     return name_or_path
 
 
-def load_tokenizer(cfg: ModelConfig, padding_side: str = "right"):
-    """The tokenizer, with a pad token and a chat template guaranteed (the built-in one when it has none)."""
+def load_tokenizer(cfg: ModelConfig, padding_side: str = "right", announce=None):
+    """The tokenizer, with a pad token and a chat template guaranteed (the built-in one when it has none).
+
+    Installing the built-in template changes the tokenizer (new special tokens, a new EOS); ``announce`` (a print
+    function) is told so in one line, and the model loaded with it is made to agree (``_finish_loading``).
+    """
+    check_model_folder(resolve_model_path(cfg.name_or_path), "tokenizer")
     tokenizer = AutoTokenizer.from_pretrained(
         resolve_model_path(cfg.name_or_path), revision=cfg.revision, trust_remote_code=cfg.trust_remote_code
     )
-    ensure_chat_template(tokenizer)
+    size, eos = len(tokenizer), tokenizer.eos_token
+    if ensure_chat_template(tokenizer) and announce is not None:
+        announce(f"{cfg.name_or_path}: the tokenizer has no chat template; installed alignkit's built-in one "
+                 f"({len(tokenizer) - size} special tokens added, EOS {eos!r} -> {tokenizer.eos_token!r}, "
+                 f"vocabulary {size} -> {len(tokenizer)}); final/ is saved with it")
     if tokenizer.pad_token is None:
         # Reusing EOS as padding is safe here because loss masks never come from pad ids.
         tokenizer.pad_token = tokenizer.eos_token
@@ -112,8 +121,16 @@ def resize_embeddings(model, tokenizer) -> None:
 
 
 def _finish_loading(model, cfg: ModelConfig, tokenizer, device: torch.device):
-    """Shared tail of loading: vocabulary resize, device, gradient checkpointing."""
+    """Shared tail of loading: vocabulary resize, device, gradient checkpointing.
+
+    Under the built-in template the model's EOS becomes the template's, so a saved config.json agrees with the
+    saved tokenizer (and generation stops where the template ends a turn).
+    """
     resize_embeddings(model, tokenizer)
+    if getattr(tokenizer, "chat_template", None) == BUILTIN_TEMPLATE:
+        model.config.eos_token_id = tokenizer.eos_token_id
+        if getattr(model, "generation_config", None) is not None:
+            model.generation_config.eos_token_id = tokenizer.eos_token_id
     if "quantization_config" not in model.config.to_dict():
         model.to(device)
     if cfg.gradient_checkpointing:
@@ -135,6 +152,7 @@ def load_causal_lm(cfg: ModelConfig, tokenizer, device: torch.device | None = No
     device = device or resolve_device(cfg.device)
     kwargs = _load_kwargs(cfg, device, trainable)
     path = resolve_model_path(cfg.name_or_path)
+    check_model_folder(path, "model")
     if is_adapter_folder(path):
         model = _load_merged_adapter(path, kwargs)
     else:
@@ -193,15 +211,16 @@ def is_adapter_model(model) -> bool:
     return hasattr(model, "peft_config")
 
 
-def save_model(model, tokenizer, path: str | Path, merge_adapter: bool = False) -> Path:
+def save_model(model, tokenizer, path: str | Path, merge_adapter: bool = False, state_dict: dict | None = None) -> Path:
     """Save weights (full model, or the adapter only) with the tokenizer, atomically.
 
+    ``state_dict``: the weights to write (a full state dict gathered from sharded processes); default the model's.
     With ``merge_adapter`` an adapter model is also saved merged into its base under ``path/merged`` (a plain
     model folder for serving). The live model is not modified: merging works on a copy of the weights.
     """
     path = Path(path)
     with atomic_dir(path) as tmp:
-        model.save_pretrained(tmp, safe_serialization=True)
+        model.save_pretrained(tmp, safe_serialization=True, **({"state_dict": state_dict} if state_dict else {}))
         tokenizer.save_pretrained(tmp)
         if merge_adapter and is_adapter_model(model):
             import copy
@@ -220,21 +239,24 @@ class Reference:
     frozen model in eval mode (dropout off).
     """
 
-    def __init__(self, policy=None, model=None) -> None:
+    def __init__(self, policy=None, model=None, autocast=contextlib.nullcontext) -> None:
         self.policy = policy  # adapter-disabled mode
         self.model = model  # separate frozen model
+        self.autocast = autocast  # the trained model's autocast (accelerate's), so both compute in one precision
 
     @contextlib.contextmanager
     def active(self):
-        """The module to run as the reference: the frozen copy, or the policy in eval mode with its adapter off."""
+        """The module to run as the reference: the frozen copy, or the policy in eval mode with its adapter off;
+        under the run's autocast, so at step 0 the reference's log-probs equal the policy's."""
         if self.model is not None:
-            yield self.model
+            with self.autocast():
+                yield self.model
             return
         policy = getattr(self.policy, "module", self.policy)
         was_training = policy.training
         policy.eval()
         try:
-            with policy.disable_adapter():
+            with policy.disable_adapter(), self.autocast():
                 yield policy
         finally:
             policy.train(was_training)
@@ -256,16 +278,21 @@ class Reference:
             return response_logps(model, batch, temperature)[0]
 
 
-def load_reference(cfg: ModelConfig, reference_path: str | None, policy, tokenizer, device) -> Reference:
-    """The reference for ``policy``: adapter-disabled policy when possible, else a frozen copy from disk."""
+def load_reference(cfg: ModelConfig, reference_path: str | None, policy, tokenizer, device,
+                   autocast=contextlib.nullcontext) -> Reference:
+    """The reference for ``policy``: adapter-disabled policy when possible, else a frozen copy from disk.
+
+    ``autocast``: the context the trained policy computes under (``accelerator.autocast``); the reference runs
+    under it too. A frozen model is placed on this process's device and never wrapped by accelerate.
+    """
     if reference_path is None and is_adapter_model(policy):
-        return Reference(policy=policy)
+        return Reference(policy=policy, autocast=autocast)
     ref_cfg = cfg.model_copy(update={"name_or_path": reference_path or cfg.name_or_path, "adapter": "none",
                                      "gradient_checkpointing": False})
     model = load_causal_lm(ref_cfg, tokenizer, device, trainable=False)
     model.eval()
     model.requires_grad_(False)
-    return Reference(model=model)
+    return Reference(model=model, autocast=autocast)
 
 
 @torch.no_grad()
@@ -295,7 +322,7 @@ def reference_cache(path: Path, reference: Reference, named: dict[str, list], pa
     from .checkpoint import atomic_write_bytes
 
     if reuse and path.is_file():
-        return torch.load(path)
+        return torch.load(path, weights_only=True)
     cache = {name: reference_logps(reference, seqs, pad_id, batch_size, device) for name, seqs in named.items()}
     if write:
         buffer = io.BytesIO()
@@ -324,6 +351,7 @@ def load_reward_model(cfg: ModelConfig, tokenizer, device: torch.device | None =
 
     device = device or resolve_device(cfg.device)
     path = resolve_model_path(cfg.name_or_path)
+    check_model_folder(path, "reward model")
     kwargs = _load_kwargs(cfg, device, trainable)
     if is_adapter_folder(path):  # a LoRA reward model: its base as a classifier, the adapter (and head) merged in
         from peft import PeftConfig, PeftModel
@@ -440,3 +468,125 @@ def load_reward_stats(path: str | Path) -> dict | None:
 
     file = Path(resolve_model_path(str(path))) / REWARD_STATS
     return json.loads(file.read_text()) if file.is_file() else None
+
+
+# ------------------------------------------------------------------------------------ model folder checks
+class ModelError(ValueError):
+    """A model or tokenizer that cannot be loaded: one line naming the folder (or file) and what is wrong."""
+
+
+_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+_ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+_HALF_WRITTEN = "a half-written or interrupted save?"
+
+
+def check_model_folder(path: str, what: str) -> None:
+    """Fail with one line, before transformers or peft would with a traceback, when ``path`` cannot give ``what``
+    ("tokenizer", "model" or "reward model"): a missing folder, a half-written save (no weights, a truncated
+    safetensors file, broken JSON), a LoRA adapter whose base is gone, a tokenizer that cannot pad.
+
+    A name that is no folder here and does not look like a path (hub ids are "name" or "owner/name", the data
+    loader's rule) is left to transformers: that is a hub lookup, not a local mistake.
+    """
+    folder = Path(path).expanduser()
+    if not folder.exists():
+        if path.startswith(("/", ".", "~")) or "\\" in path or path.count("/") > 1:
+            raise ModelError(f"{path}: no such model folder")
+        return
+    if not folder.is_dir():
+        raise ModelError(f"{path}: is a file; expected a model folder (config.json, weights, tokenizer files)")
+    if what == "tokenizer":
+        _check_tokenizer(path, folder)
+    elif is_adapter_folder(str(folder)):
+        _check_adapter(path, folder, what)
+    else:
+        _check_weights(path, folder)
+
+
+def _json_object(file: Path) -> dict:
+    import json
+
+    try:
+        value = json.loads(file.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise ModelError(f"{file}: invalid JSON ({e.msg} at line {e.lineno} column {e.colno}); {_HALF_WRITTEN}") from None
+    except UnicodeDecodeError:
+        raise ModelError(f"{file}: not UTF-8 text; {_HALF_WRITTEN}") from None
+    if not isinstance(value, dict):
+        raise ModelError(f"{file}: expected a JSON object")
+    return value
+
+
+def _check_tokenizer(path: str, folder: Path) -> None:
+    """Tokenizer files are there, and it can pad: with a chat template of its own the built-in one (which brings
+    its end marker as EOS) is not installed, so the tokenizer needs a pad or an EOS token itself."""
+    if not any((folder / name).is_file() for name in _TOKENIZER_FILES):
+        raise ModelError(f"{path}: no tokenizer here (none of {', '.join(_TOKENIZER_FILES)})")
+    if (folder / "config.json").is_file():  # AutoTokenizer reads it too, to find the tokenizer class
+        _json_object(folder / "config.json")
+    config = _json_object(folder / "tokenizer_config.json") if (folder / "tokenizer_config.json").is_file() else {}
+    special = _json_object(folder / "special_tokens_map.json") if (folder / "special_tokens_map.json").is_file() else {}
+    templated = config.get("chat_template") or any((folder / n).is_file() for n in ("chat_template.jinja", "chat_template.json"))
+    if templated and not any(config.get(key) or special.get(key) for key in ("pad_token", "eos_token")):
+        raise ModelError(f'{path}: the tokenizer has neither a pad token nor an eos token, so batches cannot be padded; '
+                         'set "pad_token" in its tokenizer_config.json')
+
+
+def _check_weights(path: str, folder: Path) -> None:
+    """config.json that parses, and weights that are all there (every shard, every safetensors file complete)."""
+    if not (folder / "config.json").is_file():
+        raise ModelError(f"{path}: no config.json, so not a model folder (a model has config.json and "
+                         "model.safetensors; a LoRA adapter has adapter_config.json)")
+    _json_object(folder / "config.json")
+    found = [name for name in _WEIGHTS if (folder / name).is_file()]
+    if not found:
+        raise ModelError(f"{path}: has config.json but no weights (model.safetensors or pytorch_model.bin); {_HALF_WRITTEN}")
+    files = [found[0]]
+    if found[0].endswith(".index.json"):
+        files = sorted(set(_json_object(folder / found[0]).get("weight_map", {}).values()))
+        missing = [name for name in files if not (folder / name).is_file()]
+        if missing:
+            raise ModelError(f"{path}: {missing[0]} (named in {found[0]}) is missing; {_HALF_WRITTEN}")
+    for name in files:
+        if name.endswith(".safetensors"):
+            _check_safetensors(folder / name)
+
+
+def _check_safetensors(file: Path) -> None:
+    """The header says how long the file must be: shorter means a save that never finished."""
+    import json
+
+    size = file.stat().st_size
+    with file.open("rb") as f:
+        head = f.read(8)
+        n = int.from_bytes(head, "little") if len(head) == 8 else size
+        header = f.read(n) if n <= size - 8 else b""
+    try:
+        tensors = json.loads(header)
+        end = max((t["data_offsets"][1] for k, t in tensors.items() if k != "__metadata__"), default=0)
+    except (ValueError, TypeError, KeyError, IndexError, AttributeError):
+        raise ModelError(f"{file}: not a readable safetensors file ({size} bytes, header cut or garbled); "
+                         f"{_HALF_WRITTEN}") from None
+    if 8 + n + end > size:
+        raise ModelError(f"{file}: truncated ({size} of {8 + n + end} bytes); {_HALF_WRITTEN}")
+
+
+def _check_adapter(path: str, folder: Path, what: str) -> None:
+    """A LoRA adapter: its config names a base that exists (checked in turn), and its weights are there."""
+    config_file = folder / "adapter_config.json"
+    base = _json_object(config_file).get("base_model_name_or_path")
+    if not (isinstance(base, str) and base):
+        raise ModelError(f'{config_file}: field "base_model_name_or_path" is missing; a LoRA adapter needs the '
+                         "model it was trained on")
+    weights = [name for name in _ADAPTER_WEIGHTS if (folder / name).is_file()]
+    if not weights:
+        raise ModelError(f"{path}: has adapter_config.json but no adapter weights (adapter_model.safetensors); "
+                         f"{_HALF_WRITTEN}")
+    if weights[0].endswith(".safetensors"):
+        _check_safetensors(folder / weights[0])
+    try:
+        check_model_folder(base, what)
+    except ModelError as e:
+        raise ModelError(f"{path}: its LoRA base model (base_model_name_or_path in adapter_config.json) cannot be "
+                         f"loaded: {e}") from None

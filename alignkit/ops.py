@@ -63,15 +63,6 @@ def entropy_from_logits(logits: Tensor, chunk: int = 8) -> Tensor:
     return torch.cat(out)
 
 
-def check_finite(value: Tensor, what: str, step: int) -> None:
-    """Stop the run with a clear message instead of training on NaN/inf (a silent garbage model is worse)."""
-    if not torch.isfinite(value).all():
-        raise FloatingPointError(
-            f"step {step}: {what} is {value.detach().flatten()[:4].tolist()} (not finite). The run stops here; the last "
-            "good checkpoint is intact. Usual causes: learning rate too high, fp16 overflow (try bf16), or bad data."
-        )
-
-
 def forward_token_logps(model, input_ids: Tensor, attention_mask: Tensor | None, position_ids: Tensor | None,
                         temperature: float = 1.0) -> Tensor:
     """Log-prob of each next token under ``model``: (B, L) ids -> (B, L-1), entry t scores token t+1.

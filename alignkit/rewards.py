@@ -8,10 +8,12 @@ Every source is called like a reward function: ``fn(prompts, completions, **fiel
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.util
 import math
 import re
+import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -28,43 +30,56 @@ from .ops import gather_last
 RewardFn = Callable[..., list[float]]
 
 
+class RewardError(ValueError):
+    """A reward source that cannot be used or misbehaved: the message names it and says what went wrong."""
+
+
 # ------------------------------------------------------------------------------------------ Python functions
 def load_function(reference: str) -> RewardFn:
     """``package.module:function`` or ``path/to/file.py:function`` -> the callable."""
     if ":" not in reference:
-        raise ValueError(f'reward function "{reference}": expected module:function or path/to/file.py:function')
+        raise RewardError(f'reward function "{reference}": expected module:function or path/to/file.py:function')
     target, name = reference.rsplit(":", 1)
     try:
         if target.endswith(".py"):
             path = Path(target)
             if not path.is_file():
-                raise ValueError(f'reward function "{reference}": file {path} not found')
+                raise RewardError(f'reward function "{reference}": file {path} not found')
             spec = importlib.util.spec_from_file_location(f"alignkit_reward_{path.stem}", path)
             module = importlib.util.module_from_spec(spec)
             spec.loader.exec_module(module)  # type: ignore[union-attr]
         else:
             module = importlib.import_module(target)
     except ImportError as exc:
-        raise ValueError(f'reward function "{reference}": cannot import {target} ({exc})') from None
+        raise RewardError(f'reward function "{reference}": cannot import {target} ({exc})') from None
     fn = getattr(module, name, None)
     if not callable(fn):
-        raise ValueError(f'reward function "{reference}": {target} has no function named {name}')
+        raise RewardError(f'reward function "{reference}": {target} has no function named {name}')
     return fn
 
 
 def call_reward(name: str, fn: RewardFn, prompts: list[str], completions: list[str],
                 fields: dict[str, list[Any]]) -> list[float]:
-    """Call a reward function and check what it returns (length, type, finiteness), naming it on error."""
-    scores = fn(prompts, completions, **fields)
+    """Call a reward function and check what it returns (length, type, finiteness), naming it on error.
+
+    An exception inside it becomes one line naming the function, where it raised and why: a bug in a reward
+    function is the user's to fix, and a torch traceback around it would only hide the line that matters.
+    """
+    try:
+        scores = fn(prompts, completions, **fields)
+    except Exception as exc:
+        frame = traceback.extract_tb(exc.__traceback__)[-1]
+        raise RewardError(f"reward function {name} raised {type(exc).__name__}: {exc} "
+                         f"(at {frame.filename} line {frame.lineno})") from None
     if isinstance(scores, torch.Tensor):
         scores = scores.tolist()
     if not isinstance(scores, (list, tuple)) or len(scores) != len(completions):
         got = f"{type(scores).__name__} of length {len(scores)}" if hasattr(scores, "__len__") else type(scores).__name__
-        raise ValueError(f"reward function {name} must return a list of {len(completions)} floats, got {got}")
+        raise RewardError(f"reward function {name} must return a list of {len(completions)} floats, got {got}")
     out = []
     for i, score in enumerate(scores):
         if isinstance(score, bool) or not isinstance(score, (int, float)) or not math.isfinite(score):
-            raise ValueError(f"reward function {name} returned {score!r} for completion {i}; expected a finite float")
+            raise RewardError(f"reward function {name} returned {score!r} for completion {i}; expected a finite float")
         out.append(float(score))
     return out
 
@@ -111,15 +126,19 @@ BUILTINS: dict[str, RewardFn] = {
 # ----------------------------------------------------------------------------------------- reward models
 class RewardModelScorer:
     """A frozen reward model: ``score(prompts, responses)`` -> (N,) raw rewards; ``normalise`` applies the stored
-    mean / std (0 / 1 when the folder has none)."""
+    mean / std (0 / 1 when the folder has none).
 
-    def __init__(self, path: str, device: str = "auto", max_length: int = 1024, dtype: str = "auto") -> None:
-        cfg = ModelConfig(name_or_path=path, device=device, dtype=dtype)
-        self.device = resolve_device(device)
+    ``device`` is this process's device (``cuda:1`` on the second GPU): frozen models are placed per rank, never
+    wrapped; ``autocast`` is the run's (accelerate's), so scores are computed in the trained models' precision.
+    """
+
+    def __init__(self, cfg: ModelConfig, device: torch.device | None = None, max_length: int = 1024,
+                 autocast=contextlib.nullcontext) -> None:
+        self.device = device or resolve_device(cfg.device)
         self.tokenizer = load_tokenizer(cfg)
         self.model = load_reward_model(cfg, self.tokenizer, self.device, trainable=False)
-        self.stats = load_reward_stats(path) or {"mean": 0.0, "std": 1.0}
-        self.max_length = max_length
+        self.stats = load_reward_stats(cfg.name_or_path) or {"mean": 0.0, "std": 1.0}
+        self.max_length, self.autocast = max_length, autocast
 
     @torch.no_grad()
     def score(self, prompts: Sequence[Conversation], responses: Sequence[Conversation], batch_size: int = 32) -> torch.Tensor:
@@ -128,7 +147,8 @@ class RewardModelScorer:
             rows = [tokenize_conversation(self.tokenizer, p + r, first_trained=len(p), max_length=self.max_length)
                     for p, r in zip(prompts[start : start + batch_size], responses[start : start + batch_size])]
             batch = pad_batch(rows, self.tokenizer.pad_token_id).to(self.device)
-            values = token_values(self.model, batch.input_ids, batch.attention_mask, batch.position_ids)
+            with self.autocast():
+                values = token_values(self.model, batch.input_ids, batch.attention_mask, batch.position_ids)
             out.append(gather_last(values, batch.attention_mask).float().cpu())
         return torch.cat(out) if out else torch.zeros(0)
 
@@ -145,13 +165,12 @@ class LLMJudge:
     """RLAIF: a local causal LM asked ``template`` (with {prompt} and {response}); the first number in its greedy
     answer, divided by ``scale``, is the reward; ``default`` where it gives none."""
 
-    def __init__(self, path: str, device: str = "auto", template: str = DEFAULT_JUDGE_TEMPLATE, scale: float = 10.0,
-                 default: float = 0.0, max_new_tokens: int = 8) -> None:
+    def __init__(self, cfg: ModelConfig, device: torch.device | None = None, template: str = DEFAULT_JUDGE_TEMPLATE,
+                 scale: float = 10.0, default: float = 0.0, max_new_tokens: int = 8) -> None:
         from .models import load_causal_lm
 
-        cfg = ModelConfig(name_or_path=path, device=device)
         self.tokenizer = load_tokenizer(cfg)
-        self.model = load_causal_lm(cfg, self.tokenizer, trainable=False).eval()
+        self.model = load_causal_lm(cfg, self.tokenizer, device, trainable=False).eval()
         self.template, self.scale, self.default, self.max_new_tokens = template, scale, default, max_new_tokens
 
     def __call__(self, prompts, completions, **_) -> list[float]:
@@ -177,25 +196,35 @@ def fields_of(examples: Sequence) -> dict[str, list[Any]]:
 
 
 
-class RewardSet:
-    """Weighted sum of reward sources; ``__call__`` returns (total (N,), {label: raw scores (N,)})."""
+def source_model(source: RewardSource) -> ModelConfig:
+    """The ModelConfig of a reward_model / judge source, carrying its revision, dtype and trust_remote_code."""
+    return ModelConfig(name_or_path=source.reward_model or source.judge, revision=source.revision,
+                       dtype=source.dtype, trust_remote_code=source.trust_remote_code)
 
-    def __init__(self, sources: Sequence[RewardSource], device: str = "auto", max_length: int = 1024) -> None:
+
+class RewardSet:
+    """Weighted sum of reward sources; ``__call__`` returns (total (N,), {label: raw scores (N,)}).
+
+    Python functions and built-ins are imported only here, for the sources the config names.
+    """
+
+    def __init__(self, sources: Sequence[RewardSource], device: torch.device | None = None, max_length: int = 1024,
+                 autocast=contextlib.nullcontext) -> None:
         if not sources:
-            raise ValueError("no reward sources configured: add at least one entry under rewards:")
+            raise RewardError("no reward sources configured: add at least one entry under rewards:")
         self.entries: list[tuple[RewardSource, Any]] = []
         labels = [s.label for s in sources]
         if len(set(labels)) != len(labels):
-            raise ValueError(f"reward sources need distinct names (got {labels}); set name: on each")
+            raise RewardError(f"reward sources need distinct names (got {labels}); set name: on each")
         for source in sources:
             if source.fn:
                 scorer: Any = load_function(source.fn)
             elif source.builtin:
                 scorer = BUILTINS[source.builtin]
             elif source.reward_model:
-                scorer = RewardModelScorer(source.reward_model, device, max_length)
+                scorer = RewardModelScorer(source_model(source), device, max_length, autocast)
             else:
-                scorer = LLMJudge(source.judge, device, **source.args)
+                scorer = LLMJudge(source_model(source), device, **source.args)
             self.entries.append((source, scorer))
 
     def __call__(self, prompts: Sequence[Conversation], responses: Sequence[str],
@@ -208,7 +237,7 @@ class RewardSet:
                 raw = scorer.score(prompts, [(Message("assistant", r),) for r in responses])
                 scores = scorer.normalise(raw) if source.normalize else raw
             else:
-                args = source.args if source.builtin else {}
+                args = {} if isinstance(scorer, LLMJudge) else source.args  # a judge took its args when built
                 fn = (lambda p, c, _s=scorer, _a=args, **f: _s(p, c, **_a, **f)) if args else scorer
                 scores = torch.tensor(call_reward(source.label, fn, last_turns, list(responses), fields))
             parts[source.label] = scores

@@ -3,6 +3,13 @@
 The HF engine left-pads prompts (so every row's next token is at the same position), runs ``model.generate`` with
 the KV cache, and cuts each response at its first EOS, keeping the EOS token itself (it is part of what the policy
 chose). Position ids under left padding are derived from the attention mask by transformers' ``generate``.
+
+Sampling is done here, not by transformers: each row draws from its own generator, seeded per row (``seeds``), by
+inverse CDF over softmax(logits / temperature) after top-k / top-p. A sampled response is then a function of its
+seed and the model only, not of which rows share its batch or its process, so a resumed run and a run on two
+processes draw exactly the tokens an uninterrupted single-process run draws. The model's own generation config
+(a hub model's repetition penalty, say) is neutralised: tokens must come from the distribution whose log-probs
+training computes.
 """
 
 from __future__ import annotations
@@ -36,16 +43,51 @@ def unwrap(model):
     return getattr(model, "module", model)
 
 
+class RowSampler:
+    """A logits processor that samples each row from its own seeded generator and returns scores that make the
+    chosen token the only finite one, so greedy decoding emits it. (B, V) -> (B, V)."""
+
+    def __init__(self, seeds: Sequence[int], params: SamplingParams) -> None:
+        self.generators = [torch.Generator().manual_seed(int(s)) for s in seeds]
+        self.params = params
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        probs = sampling_probs(scores, self.params)
+        # one uniform per row per token, from the row's own stream; scaled by the row's total so rounding in the
+        # cumulative sum can never select a zero-probability token
+        cdf = probs.cumsum(-1)
+        u = torch.stack([torch.rand((), generator=g, dtype=torch.float64) for g in self.generators])
+        target = (u.to(cdf.device) * cdf[:, -1].double()).to(cdf.dtype).unsqueeze(-1)
+        choice = torch.searchsorted(cdf, target, right=True).clamp(max=scores.shape[-1] - 1)
+        return torch.full_like(scores, float("-inf")).scatter_(1, choice, 0.0)
+
+
+def sampling_probs(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
+    """softmax(logits / temperature) restricted to the top-k tokens and the top-p nucleus, renormalised. (B, V)."""
+    logits = logits.float() / params.temperature
+    if params.top_k:
+        kth = logits.topk(min(params.top_k, logits.shape[-1]), dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if params.top_p < 1.0:
+        ordered, order = logits.sort(dim=-1, descending=True)
+        probs = ordered.softmax(-1)
+        outside = probs.cumsum(-1) - probs > params.top_p  # the most likely token is always kept
+        logits = logits.scatter(1, order, ordered.masked_fill(outside, float("-inf")))
+    return logits.softmax(-1)
+
+
 @torch.no_grad()
 def generate(model, tokenizer, prompts: Sequence[Sequence[int]], params: SamplingParams, batch_size: int = 32,
-             generator_seed: int | None = None) -> list[Generation]:
-    """Sample (or greedily decode) a response for each prompt, in batches; the model's train/eval mode is kept."""
+             seeds: Sequence[int] | None = None) -> list[Generation]:
+    """Sample (or greedily decode, temperature 0) a response for each prompt, in batches; the model's train/eval
+    mode is kept. ``seeds``: one per prompt, each row's random stream (default: drawn from torch's global RNG)."""
     model = unwrap(model)
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    if generator_seed is not None:
-        torch.manual_seed(generator_seed)
+    sampled = params.temperature > 0
+    if sampled and seeds is None:
+        seeds = torch.randint(0, 2**62, (len(prompts),)).tolist()
     stops = stop_token_ids(tokenizer, model)
     out: list[Generation] = []
     try:
@@ -57,12 +99,13 @@ def generate(model, tokenizer, prompts: Sequence[Sequence[int]], params: Samplin
             for row, p in enumerate(chunk):
                 ids[row, width - len(p):] = torch.tensor(p)
                 attention[row, width - len(p):] = 1
-            sampled = params.temperature > 0
+            processors = [RowSampler(seeds[start : start + len(chunk)], params)] if sampled else []
             output = model.generate(
                 input_ids=ids.to(device), attention_mask=attention.to(device), max_new_tokens=params.max_new_tokens,
-                do_sample=sampled, temperature=params.temperature if sampled else None,
-                top_p=params.top_p if sampled else None, top_k=params.top_k if sampled else None,
-                eos_token_id=sorted(stops), pad_token_id=tokenizer.pad_token_id, use_cache=True,
+                do_sample=False, logits_processor=processors, eos_token_id=sorted(stops),
+                pad_token_id=tokenizer.pad_token_id, use_cache=True,
+                # neutral values, so the model's generation_config cannot bend the distribution we train on
+                repetition_penalty=1.0, no_repeat_ngram_size=0, min_new_tokens=0, num_beams=1,
             )
             for p, row in zip(chunk, output[:, width:].tolist()):
                 response, finished = cut_at_eos(row, stops)

@@ -35,10 +35,11 @@ class RunLog:
         self.samples: list[dict[str, Any]] = []
         self._trackers = _open_trackers(report_to, self.run_dir, config) if enabled else []
 
-    def resume(self, step: int) -> None:
-        """Reload artifacts written before the checkpoint at ``step``."""
-        self.rows = [r for r in _read_jsonl(self.run_dir / METRICS_JSONL) if r["step"] <= step]
-        self.samples = [s for s in _read_jsonl(self.run_dir / SAMPLES) if s["step"] <= step]
+    def resume(self, rows: int, samples: int) -> None:
+        """Reload the metric rows and samples a checkpoint saw (their counts are stored in it): what was written
+        after the checkpoint is dropped, so the resumed run's files equal those of an uninterrupted one."""
+        self.rows = _read_jsonl(self.run_dir / METRICS_JSONL)[:rows]
+        self.samples = _read_jsonl(self.run_dir / SAMPLES)[:samples]
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
         row = {"step": step, **{k: _plain(v) for k, v in metrics.items()}}

@@ -99,7 +99,7 @@ def main() -> None:
     results: dict[str, list[dict]] = {"alignkit": [], "trl": []}
     for repeat in range(args.repeats):
         out = demo_dir / f"ak-{repeat}"
-        wall, peak, _ = timed([alignkit_bin, "sft", f"model.name_or_path={model_dir}", f"data.train={data_file}",
+        wall, peak, _ = timed([alignkit_bin, "sft", f"model.name_or_path={model_dir}", "data.train=demo:sft",
                                "data.eval_fraction=0", f"data.max_length={args.max_length}",
                                f"train.max_steps={args.steps}", f"train.batch_size={args.batch_size}",
                                f"train.lr={args.lr}", "train.warmup_ratio=0.05", "train.weight_decay=0.01",

@@ -39,3 +39,11 @@ def demo_tokenizer(demo_base):
     from alignkit.models import load_tokenizer
 
     return load_tokenizer(ModelConfig(name_or_path=str(demo_base)))
+
+
+@pytest.fixture(scope="session")
+def demo_rm(demo_sft) -> Path:
+    """The demo reward model (trained once from demo:sft); PPO's default reward and critic."""
+    from alignkit.demo.assets import demo_model
+
+    return demo_model("rm")

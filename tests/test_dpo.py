@@ -11,7 +11,7 @@ from alignkit.data.collate import pad_sequences
 from alignkit.data.loading import load_examples
 from alignkit.data.prepare import tokenize_pairs
 from alignkit.demo.assets import demo_data
-from alignkit.models import Reference, load_causal_lm, load_reference, reference_logps
+from alignkit.models import load_causal_lm, load_reference, reference_logps
 from alignkit.ops import sequence_logps
 from alignkit.recipes import dpo as dpo_recipe
 from alignkit.recipes.kto import mismatched
@@ -72,9 +72,15 @@ def test_lora_reference_is_the_base_model(demo_sft, demo_tokenizer, pairs):
     with torch.no_grad():
         expected = sequence_logps(base, batch.input_ids, batch.attention_mask, batch.position_ids, batch.loss_mask)[0]
         adapted = sequence_logps(policy, batch.input_ids, batch.attention_mask, batch.position_ids, batch.loss_mask)[0]
+    policy.train()  # as in the training loop: the reference pass must hand the policy back in this mode
     assert_close(reference.sequence_logps(batch)[0], expected)
     assert (adapted - expected).abs().max() > 1e-3
-    assert isinstance(reference, Reference)
+    # the reference pass disabled the adapter only inside it: the policy is back in training mode and adapted
+    assert policy.training
+    policy.eval()
+    with torch.no_grad():
+        after = sequence_logps(policy, batch.input_ids, batch.attention_mask, batch.position_ids, batch.loss_mask)[0]
+    assert_close(after, adapted)
 
 
 def test_kto_mismatched_pairs_take_the_next_completion(demo_tokenizer):

@@ -34,7 +34,8 @@ SHORT = {"sft": ["train.max_steps=2"], "rm": ["train.max_steps=2"], "dpo": ["tra
 @pytest.mark.parametrize("path", EXAMPLES, ids=[p.stem for p in EXAMPLES])
 def test_example_runs_two_steps(path, tmp_path, demo_sft):
     recipe = recipe_for(path)
-    extra = [] if recipe == "eval" else ["run.eval_every=0", "run.save_every=0", "run.sample_every=0"]
-    args = [recipe, str(path), *SHORT[recipe], *extra, f"run.output_dir={tmp_path / 'run'}", "run.progress=false"]
+    extra = [] if recipe == "eval" else ["run.eval_every=0", "run.save_every=0", "run.sample_every=0",
+                                         "run.progress=false"]
+    args = [recipe, str(path), *SHORT[recipe], *extra, f"run.output_dir={tmp_path / 'run'}"]
     assert main(args) == 0
     assert (tmp_path / "run" / "summary.json").is_file()

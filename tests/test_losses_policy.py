@@ -91,4 +91,5 @@ def test_policy_losses_registry_and_split_invariance():
             whole = aggregate(per_token, mask, step_denominator([mask], mode, 5), mode)
             parts = [(per_token[i : i + 2], mask[i : i + 2]) for i in range(0, 8, 2)]
             den = step_denominator([m for _, m in parts], mode, 5)
-            assert_close(sum(aggregate(v, m, den, mode) for v, m in parts), whole), (name, mode)
+            split = sum(aggregate(v, m, den, mode) for v, m in parts)
+            assert_close(split, whole, msg=lambda message, name=name, mode=mode: f"{name} {mode}: {message}")

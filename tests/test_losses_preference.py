@@ -51,6 +51,36 @@ def test_dpo_sigmoid_hand_computed():
     assert_close(stats["accuracy"], torch.tensor([1.0, 0.0]))
 
 
+def test_a_tied_pair_counts_half_in_accuracy():
+    # margins (beta 1): +1, 0, -1, 0 -> correct 1, 0.5, 0, 0.5; mean 0.5
+    chosen = torch.tensor([-1.0, -2.0, -3.0, -1.0])
+    rejected = torch.tensor([-2.0, -2.0, -2.0, -1.0])
+    zeros = torch.zeros(4)
+    _, stats = dpo_sigmoid(chosen, rejected, zeros, zeros, beta=1.0)
+    assert_close(stats["margin"], torch.tensor([1.0, 0.0, -1.0, 0.0]))
+    assert_close(stats["accuracy"], torch.tensor([1.0, 0.5, 0.0, 0.5]))
+    assert_close(stats["accuracy"].mean(), torch.tensor(0.5))
+
+
+@pytest.mark.parametrize("label_smoothing", [0.0, 0.1])
+def test_dpo_at_step_zero_reads_chance_accuracy_and_log_2(label_smoothing):
+    """Policy == reference (DPO's step 0): every margin is exactly 0, so accuracy is 0.5 and the loss log 2
+    (-(1 - eps) logsigmoid(0) - eps logsigmoid(0) = log 2 for any eps)."""
+    logps = torch.tensor([-3.0, -0.5, -7.25])
+    other = torch.tensor([-1.0, -4.0, -2.5])
+    loss, stats = dpo_sigmoid(logps, other, logps.clone(), other.clone(), beta=0.1, label_smoothing=label_smoothing)
+    assert_close(loss, torch.full((3,), math.log(2)))
+    assert torch.equal(stats["accuracy"], torch.full((3,), 0.5))
+    assert torch.equal(stats["margin"], torch.zeros(3))
+
+
+@pytest.mark.parametrize("name", sorted(set(PREFERENCE_LOSSES) - REFERENCE_FREE))
+def test_every_reference_loss_reads_chance_accuracy_when_policy_is_reference(name):
+    logps, other = torch.tensor([-3.0, -0.5]), torch.tensor([-1.0, -4.0])
+    _, stats = PREFERENCE_LOSSES[name](logps, other, logps.clone(), other.clone(), beta=0.1)
+    assert torch.equal(stats["accuracy"], torch.full((2,), 0.5))
+
+
 def test_cdpo_label_smoothing_hand_computed_and_eps_zero_is_dpo():
     loss, _ = dpo_sigmoid(*PAIRS, beta=0.1, label_smoothing=0.1)
     # 0.9 * -logsigmoid(beta h) + 0.1 * -logsigmoid(-beta h)

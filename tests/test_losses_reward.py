@@ -35,6 +35,24 @@ def test_bt_pairwise_hand_computed():
     assert_close(with_margin, torch.tensor([softplus(-0.25), softplus(2.0)]))
 
 
+def test_bt_pairwise_tie_counts_half():
+    # margins +1, 0, -1, 0 -> 1, 0.5, 0, 0.5: mean 0.5
+    _, stats = bt_pairwise(torch.tensor([1.0, 0.0, -1.0, 2.0]), torch.tensor([0.0, 0.0, 0.0, 2.0]))
+    assert_close(stats["accuracy"], torch.tensor([1.0, 0.5, 0.0, 0.5]))
+    assert_close(stats["accuracy"].mean(), torch.tensor(0.5))
+
+
+def test_ranking_accuracy_counts_a_tied_pair_half():
+    rewards = torch.tensor([[2.0, 1.0, 1.0], [1.0, 1.0, 1.0], [3.0, 3.0, 0.0], [0.0, -1.0, 5.0]])
+    valid = torch.tensor([[True] * 3, [True] * 3, [True] * 3, [True, True, False]])
+    # row 0: (0,1) 1, (0,2) 1, (1,2) tie 0.5 -> 2.5 / 3; row 1: three ties -> 0.5;
+    # row 2: (0,1) tie 0.5, (0,2) 1, (1,2) 1 -> 2.5 / 3;
+    # row 3: only (0,1) is a pair, ordered -> 1 (the padded item, zeroed, would tie item 0 if it counted)
+    for ranking in RANKING_LOSSES.values():
+        _, stats = ranking(rewards, valid)
+        assert_close(stats["accuracy"], torch.tensor([2.5 / 3, 0.5, 2.5 / 3, 1.0]))
+
+
 def test_all_pairs_hand_computed():
     rewards = torch.tensor([[2.0, 1.0, 0.0], [1.0, 2.0, 0.0]])
     loss, stats = ranking_all_pairs(rewards)

@@ -10,7 +10,7 @@ from torch.testing import assert_close
 from alignkit.config import ModelConfig
 from alignkit.data.collate import pad_batch, pad_rankings
 from alignkit.data.loading import load_examples
-from alignkit.data.prepare import RankRow, tokenize_rankings
+from alignkit.data.prepare import tokenize_rankings
 from alignkit.demo.assets import demo_data
 from alignkit.eval import pair_margins, preference_metrics
 from alignkit.models import load_reward_model, load_reward_stats, save_model, save_reward_stats, token_values
@@ -78,7 +78,7 @@ def test_save_load_round_trip_gives_identical_scores_and_stats(rm, demo_tokenize
     save_model(rm, demo_tokenizer, tmp_path / "rm")
     save_reward_stats(tmp_path / "rm", mean=0.25, std=2.0, count=10)
     assert load_reward_stats(tmp_path / "rm") == {"mean": 0.25, "std": 2.0, "count": 10}
-    scorer = RewardModelScorer(str(tmp_path / "rm"), device="cpu")
+    scorer = RewardModelScorer(ModelConfig(name_or_path=str(tmp_path / "rm"), device="cpu"))
     rows = [pad_batch([tokenize_conversation(demo_tokenizer, p + r, first_trained=1)], demo_tokenizer.pad_token_id)
             for p, r in zip(prompts, responses)]
     with torch.no_grad():
@@ -100,6 +100,20 @@ def test_preference_metrics_hand_computed():
     assert out["calibration_error"] == pytest.approx(expected, rel=1e-6)
 
 
+def test_preference_metrics_count_a_zero_margin_half():
+    out = preference_metrics(torch.tensor([1.0, 0.0, -1.0, 0.0]), bins=2)
+    # correct: 1, 0.5, 0, 0.5
+    assert out["accuracy"] == 0.5 and out["margin_mean"] == 0.0
+    assert out["accuracy_by_margin[0-0.5)"] == 0.5  # the two ties
+    assert out["accuracy_by_margin[1-2)"] == 0.5  # +1 right, -1 wrong
+    # confidences sigmoid(|m|) = 0.7311, 0.5, 0.7311, 0.5, all in bin [0.5, 0.75): |0.5 - their mean|
+    expected = abs(0.5 - (2 / (1 + math.exp(-1)) + 2 * 0.5) / 4)
+    assert out["calibration_error"] == pytest.approx(expected, rel=1e-6)
+    # all ties: chance accuracy, perfectly calibrated (confidence 0.5, accuracy 0.5)
+    flat = preference_metrics(torch.zeros(6))
+    assert flat["accuracy"] == 0.5 and flat["calibration_error"] == 0.0
+
+
 def test_pair_margins_over_valid_pairs_only():
     rewards = torch.tensor([[3.0, 1.0, 0.0], [2.0, 5.0, 9.0]])
     valid = torch.tensor([[True, True, True], [True, True, False]])
@@ -113,11 +127,18 @@ def test_eval_mode_flags_an_untrained_reward_model(demo_sft, tmp_path, capsys):
     records = load_examples(str(demo_data("prefs_eval")), "preference")[:40]
     data.write_text("".join(json.dumps({"prompt": r.prompt[-1].content, "chosen": r.chosen[-1].content,
                                         "rejected": r.rejected[-1].content}) + "\n" for r in records))
+    torch.manual_seed(0)  # the untrained head is drawn from the global generator
     assert main(["eval", f"model.name_or_path={demo_sft}", f"data.train={data}", f"run.output_dir={tmp_path / 'e'}"]) == 0
     summary = json.loads((tmp_path / "e" / "summary.json").read_text())
     assert summary["records"] == 40 and math.isfinite(summary["calibration_error"])
-    assert summary["verdict"].startswith("NOT ready") == (summary["accuracy"] < 0.7)
-    assert len((tmp_path / "e" / "scores.jsonl").read_text().splitlines()) == 40
+    scored = [json.loads(line)["rewards"] for line in (tmp_path / "e" / "scores.jsonl").read_text().splitlines()]
+    assert len(scored) == 40 and all(len(rewards) == 2 for rewards in scored)
+    # the summary's accuracy is that of the per-record scores: chosen first, a tie counting half
+    by_hand = sum(1.0 if chosen > rejected else 0.5 if chosen == rejected else 0.0 for chosen, rejected in scored)
+    assert summary["accuracy"] == pytest.approx(by_hand / 40)
+    # a random head ranks at about chance (0.5 at seed 0; 0.35 to 0.63 over seeds 0-7): under 0.7, so flagged
+    assert summary["accuracy"] < 0.7
+    assert summary["verdict"].startswith("NOT ready") and f"{summary['accuracy']:.3f} < 0.7" in summary["verdict"]
 
 
 @pytest.mark.slow
@@ -140,7 +161,10 @@ def test_rank_row_from_pairs_keeps_the_margin(demo_tokenizer):
     example = PreferenceExample((Message("user", "q"),), (Message("assistant", "a"),), (Message("assistant", "b"),),
                                 "x", margin=2.0)
     (row,), _ = tokenize_rankings([example], demo_tokenizer, RMConfig().data, "t")
-    assert isinstance(row, RankRow) and row.margin == 2.0 and len(row.responses) == 2
+    assert row.margin == 2.0 and len(row.responses) == 2
+    # best first: the chosen response, then the rejected one, each trained on its reply only
+    trained = [demo_tokenizer.decode([i for i, m in zip(r.input_ids, r.loss_mask) if m]) for r in row.responses]
+    assert trained == ["a<|end|>\n", "b<|end|>\n"]
 
 
 def test_lora_reward_model_trains_adapter_and_head(demo_sft, demo_tokenizer):
@@ -175,7 +199,7 @@ def test_lora_reward_model_folder_loads_back_with_identical_scores(demo_sft, dem
     with torch.no_grad():
         expected = gather_last(token_values(model, rows.input_ids, rows.attention_mask, rows.position_ids),
                                rows.attention_mask)
-    assert_close(RewardModelScorer(str(tmp_path / "rm"), device="cpu").score(prompts, responses), expected,
+    assert_close(RewardModelScorer(ModelConfig(name_or_path=str(tmp_path / "rm"), device="cpu")).score(prompts, responses), expected,
                  rtol=1e-4, atol=1e-5)
 
 

@@ -33,6 +33,8 @@ Conversion rules, shared by every format:
 - ``hh``: the text before the last ``"\\n\\nAssistant:"`` is the prompt and must be the same in chosen and
   rejected; contents are stripped of surrounding whitespace.
 - KTO labels: bool, 0 / 1, or "true" / "false" (any case).
+- ``chosen`` and ``rejected`` must differ, and so must the responses of a ranked list (equal ones hold no
+  preference).
 
 Every problem raises `DataError` with one line: where, the field, what was expected.
 ``FORMATS[kind][name]`` is the converter; `detect_format` picks ``name`` for ``format: auto``.
@@ -40,6 +42,7 @@ Every problem raises `DataError` with one line: where, the field, what was expec
 
 from __future__ import annotations
 
+import difflib
 import json
 import math
 import re
@@ -151,8 +154,15 @@ def _keys(record: dict) -> str:
 def _require(record: dict, key: str, where: str, prefix: str = "") -> Any:
     """A null counts as missing: `datasets` fills columns a row lacks with None."""
     if record.get(key) is None:
-        raise DataError(f'{where}: field "{prefix}{key}" is missing (have: {_keys(record)})')
+        raise DataError(f'{where}: field "{prefix}{key}" is missing (have: {_keys(record)}{_misspelt(record, key)})')
     return record[key]
+
+
+def _misspelt(record: dict, key: str) -> str:
+    """A present field that looks like a misspelling of the missing one ("respone"), named so it can be renamed."""
+    present = [k for k, value in record.items() if isinstance(k, str) and k != key and value is not None]
+    close = difflib.get_close_matches(key, present, n=1, cutoff=0.8)
+    return f'; rename "{close[0]}" to "{key}"?' if close else ""
 
 
 def _text(value: Any, field: str, where: str) -> str:
@@ -302,11 +312,18 @@ def _split_dialogues(
     return _finish_prompt(record, shared, f"chosen[:{n}]", where), chosen_rest, rejected_rest
 
 
+def _same_response(where: str, field: str, earlier: str) -> NoReturn:
+    """Two equal responses carry no preference: a pair (or a ranking) of them teaches noise, never a signal."""
+    _fail(where, field, f'equals "{earlier}"; a preference needs two different responses')
+
+
 def to_pairwise(record: dict, where: str) -> PreferenceExample:
     """Prompt + chosen + rejected; with whole dialogues (no leading assistant turn) the prompt is inferred."""
     chosen = _conversation(_require(record, "chosen", where), "chosen", where, "assistant")
     rejected = _conversation(_require(record, "rejected", where), "rejected", where, "assistant")
     if chosen[0].role == "assistant" and rejected[0].role == "assistant":
+        if chosen == rejected:  # (equal whole dialogues fail in the split: no turns left after the prompt)
+            _same_response(where, "rejected", "chosen")
         prompt = _prompt(record, where)
     else:
         prompt, chosen, rejected = _split_dialogues(record, chosen, rejected, where)
@@ -340,6 +357,8 @@ def to_hh(record: dict, where: str) -> PreferenceExample:
             "rejected",
             'differs from "chosen" before its last "Assistant:" (the prompt must be shared)',
         )
+    if rejected == chosen:
+        _same_response(where, "rejected", "chosen")
     return PreferenceExample(prompt, (chosen,), (rejected,), where, _margin(record, where))
 
 
@@ -354,6 +373,9 @@ def to_ranked(record: dict, where: str) -> RankedExample:
         _continuation(_conversation(item, f"responses[{i}]", where, "assistant"), f"responses[{i}]", where)
         for i, item in enumerate(responses)
     )
+    for i, response in enumerate(continuations):
+        if (first := continuations.index(response)) < i:
+            _same_response(where, f"responses[{i}]", f"responses[{first}]")
     return RankedExample(prompt, continuations, where)
 
 

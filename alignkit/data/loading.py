@@ -21,7 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from alignkit.data.formats import FORMATS, DataError, Example, detect_format
+from alignkit.data.formats import FORMATS, DataError, Example, PromptExample, detect_format
 
 Record = tuple[str, dict]  # (where, raw record)
 T = TypeVar("T")
@@ -44,7 +44,10 @@ def _decode(raw: bytes, where: str) -> str:
     try:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError as e:
-        raise DataError(f"{where}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+        line = raw.count(b"\n", 0, e.start)  # 0 for a JSON line (its `where` names the line already)
+        byte = e.start - raw.rfind(b"\n", 0, e.start)  # 1-based within its line
+        at = f"line {line + 1}, byte {byte}" if line else f"byte {byte}"
+        raise DataError(f"{where}: not UTF-8 text ({e.reason} at {at})") from None
 
 
 def _read_jsonl(source: str, path: Path) -> list[Record]:
@@ -57,7 +60,7 @@ def _read_jsonl(source: str, path: Path) -> list[Record]:
             if not line.strip():
                 continue
             try:
-                value = json.loads(line)
+                value = json.loads(line.rstrip("\r\n"))  # so a line cut short reports its own last column
             except json.JSONDecodeError as e:
                 raise DataError(f"{where}: invalid JSON ({e.msg} at column {e.colno})") from None
             records.append((where, _as_object(value, where)))
@@ -185,6 +188,29 @@ def load_examples(
     first_where, first = records[0]
     convert = formats[detect_format(first, kind, first_where) if fmt == "auto" else fmt]
     return [convert(record, where) for where, record in records]
+
+
+def _content(example: Example) -> tuple:
+    """What an example trains on: every field but `where`."""
+    return tuple(value for key, value in vars(example).items() if key != "where")
+
+
+def _position(where: str, other: str) -> str:
+    """`where` as "line 2" when `other` names the same source (so an error names the file once), else in full."""
+    parts = where.rsplit(" ", 2)
+    return " ".join(parts[1:]) if len(parts) == 3 and parts[0] == other.rsplit(" ", 2)[0] else where
+
+
+def reject_duplicates(examples: list[Example]) -> None:
+    """A record repeated verbatim is an error naming both: it silently doubles that example's weight, and usually
+    means two exports were concatenated. Prompt-only (RL) data is exempt: a repeated prompt is sampled anew."""
+    if examples and isinstance(examples[0], PromptExample):
+        return
+    seen: dict[tuple, str] = {}
+    for example in examples:
+        first = seen.setdefault(_content(example), example.where)
+        if first != example.where:
+            raise DataError(f"{example.where}: duplicate of {_position(first, example.where)} (the same record twice; data.duplicates: keep allows it)")
 
 
 def train_eval_split(examples: list[T], eval_fraction: float, seed: int) -> tuple[list[T], list[T]]:

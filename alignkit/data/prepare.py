@@ -7,8 +7,8 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from ..config import DataConfig
-from .formats import DataError, SFTExample
-from .loading import load_examples, train_eval_split
+from .formats import FORMATS, DataError, SFTExample
+from .loading import load_examples, reject_duplicates, train_eval_split
 from .templates import Tokenized, tokenize_conversation
 
 T = TypeVar("T")
@@ -23,12 +23,24 @@ def resolve_data_source(source: str) -> str:
     return source
 
 
+def _load(source: str, kind: str, data: DataConfig) -> list:
+    formats = FORMATS.get(kind, {})
+    if data.format != "auto" and data.format not in formats:
+        raise DataError(f'data.format = "{data.format}" is not a format of {kind} data; expected one of auto, '
+                        f'{", ".join(formats)}')
+    examples = load_examples(resolve_data_source(source), kind, data.format, split=data.split, subset=data.subset)
+    # The demo world samples its records with replacement (and flips some labels on purpose): its repeats are by
+    # design. Anyone else's repeated record is an error naming both lines, unless data.duplicates says keep.
+    if data.duplicates == "error" and not source.startswith("demo:"):
+        reject_duplicates(examples)
+    return examples
+
+
 def load_split(data: DataConfig, kind: str, seed: int) -> tuple[list, list]:
     """Examples of ``kind`` for train and eval: a separate eval source, or a seeded fraction of train."""
-    train = load_examples(resolve_data_source(data.train), kind, data.format, split=data.split, subset=data.subset)
+    train = _load(data.train, kind, data)
     if data.eval:
-        return train, load_examples(resolve_data_source(data.eval), kind, data.format, split=data.split,
-                                    subset=data.subset)
+        return train, _load(data.eval, kind, data)
     return train_eval_split(train, data.eval_fraction, seed)
 
 
@@ -44,24 +56,34 @@ class TokenizeReport:
                 f"{self.dropped_overlong} dropped as over-length, {self.dropped_no_target} dropped with no response left")
 
 
-def _keep_fitting(candidates: Iterable[tuple[list[Tokenized], T]], data: DataConfig, name: str
+def _keep_fitting(candidates: Iterable[tuple[list[Tokenized], T, str]], data: DataConfig, name: str
                   ) -> tuple[list[T], TokenizeReport]:
     """The one over-length policy: keep each candidate row unless one of its sequences is over-length under
-    ``overlong: drop`` or has no response token left after truncation; count what happened."""
+    ``overlong: drop`` or has no response token left after truncation; count what happened.
+
+    Candidates are (sequences, row, where). Dropping some records is reported; dropping all of them is an error
+    naming the first one, since a run on nothing would only fail later and less clearly.
+    """
     rows: list[T] = []
     truncated = long = empty = 0
-    for sequences, row in candidates:
+    first: tuple[str, str] | None = None  # (where, verdict) of the first record dropped
+    for sequences, row, where in candidates:
         verdicts = {_fits(seq, data) for seq in sequences}
-        if "long" in verdicts:
-            long += 1
-        elif "empty" in verdicts:
-            empty += 1
-        else:
+        verdict = "long" if "long" in verdicts else "empty" if "empty" in verdicts else "ok"
+        long += verdict == "long"
+        empty += verdict == "empty"
+        if verdict == "ok":
             truncated += any(seq.truncated for seq in sequences)
             rows.append(row)
+        elif first is None:
+            first = (where, verdict)
     report = TokenizeReport(len(rows), truncated, long, empty)
-    if long + empty and not rows:
-        raise DataError(f"{name}: every record was filtered out ({report.describe(name)}); raise data.max_length?")
+    if first is not None and not rows:
+        where, verdict = first
+        problem = {"long": f"longer than data.max_length = {data.max_length} tokens (data.overlong = drop)",
+                   "empty": f"the prompt fills data.max_length = {data.max_length} tokens, leaving no response token"}
+        raise DataError(f"{where}: {problem[verdict]}; every {name} record was dropped ({long} over-length, "
+                        f"{empty} with no response left): raise data.max_length")
     return rows, report
 
 
@@ -70,7 +92,7 @@ def tokenize_sft(examples: Sequence[SFTExample], tokenizer, data: DataConfig, na
     def candidates():
         for example in examples:
             row = tokenize_conversation(tokenizer, example.messages, loss_on=data.loss_on, max_length=data.max_length)
-            yield [row], row
+            yield [row], row, example.where
 
     return _keep_fitting(candidates(), data, name)
 
@@ -84,7 +106,7 @@ class PairRow:
 
 def _fits(row: Tokenized, data: DataConfig) -> str:
     """"ok", "long" (drop: over max_length under overlong=drop) or "empty" (no response token left)."""
-    if row.truncated and data.overlong == "drop":
+    if data.overlong == "drop" and row.truncated:
         return "long"
     return "ok" if sum(row.loss_mask[1:]) else "empty"  # position 0 is never predicted
 
@@ -108,7 +130,7 @@ def tokenize_unpaired(examples: Sequence, tokenizer, data: DataConfig, name: str
         for example in examples:
             row = tokenize_conversation(tokenizer, example.prompt + example.completion,
                                         first_trained=len(example.prompt), max_length=data.max_length)
-            yield [row], UnpairedRow(row, example.label)
+            yield [row], UnpairedRow(row, example.label), example.where
 
     return _keep_fitting(candidates(), data, name)
 
@@ -126,7 +148,7 @@ def tokenize_rankings(examples: Sequence, tokenizer, data: DataConfig, name: str
             responses = (example.chosen, example.rejected) if hasattr(example, "chosen") else example.responses
             seqs = [tokenize_conversation(tokenizer, example.prompt + r, first_trained=len(example.prompt),
                                           max_length=data.max_length) for r in responses]
-            yield seqs, RankRow(tuple(seqs), getattr(example, "margin", None))
+            yield seqs, RankRow(tuple(seqs), getattr(example, "margin", None)), example.where
 
     return _keep_fitting(candidates(), data, name)
 

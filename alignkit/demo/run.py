@@ -18,7 +18,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from ..config import DPOConfig, GRPOConfig, KTOConfig, PPOConfig, RMConfig, SFTConfig, validate
+from ..config import DPOConfig, GRPOConfig, KTOConfig, ModelConfig, PPOConfig, RMConfig, SFTConfig, validate
 from ..data.loading import load_examples
 from ..sampling import SamplingParams
 from .world import format_reward, gold_reward
@@ -118,7 +118,6 @@ def train_demo_stage(recipe: str, run_dir: Path, final_copy: Path | None = None,
 def score_model(model_path: str, n_prompts: int = 200, rm_path: str | None = None) -> dict[str, float]:
     """Gold score and well-formed rate of greedy answers to the demo's eval prompts (and the reward model's
     normalised score of the same answers, when ``rm_path`` is given)."""
-    from ..config import ModelConfig
     from ..eval import evaluate_policy
     from ..models import load_causal_lm, load_tokenizer
     from .assets import demo_data
@@ -132,7 +131,7 @@ def score_model(model_path: str, n_prompts: int = 200, rm_path: str | None = Non
         from ..data.formats import Message
         from ..rewards import RewardModelScorer
 
-        rm = RewardModelScorer(rm_path, device="cpu")
+        rm = RewardModelScorer(ModelConfig(name_or_path=rm_path, device="cpu"))
         by_text = {e.prompt[-1].content: e.prompt for e in prompts}
         scorers["rm"] = lambda ps, cs, **_: rm.normalise(
             rm.score([by_text[p] for p in ps], [(Message("assistant", c),) for c in cs])).tolist()
@@ -156,7 +155,7 @@ def rm_gold_report(model_path: str, n_pairs: int = 500) -> dict[str, float]:
     world = demo_world()
     pairs = load_examples(str(world.prefs_eval), "preference")[:n_pairs]
     gold = [json.loads(line) for line in world.prefs_eval_gold.read_text().splitlines()][:n_pairs]
-    scorer = RewardModelScorer(model_path, device="cpu")
+    scorer = RewardModelScorer(ModelConfig(name_or_path=model_path, device="cpu"))
     chosen = scorer.score([p.prompt for p in pairs], [p.chosen for p in pairs])
     rejected = scorer.score([p.prompt for p in pairs], [p.rejected for p in pairs])
     truly_first = torch.tensor([g["chosen_gold"] > g["rejected_gold"] for g in gold])

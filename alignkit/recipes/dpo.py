@@ -24,7 +24,6 @@ from pathlib import Path
 import torch
 
 from ..batch import SequenceBatch
-from ..checkpoint import save_checkpoint
 from ..config import DPOConfig
 from ..data.collate import pad_sequences
 from ..data.prepare import PairRow, load_split, tokenize_pairs
@@ -37,8 +36,8 @@ from ..models import (
     load_tokenizer,
     reference_cache,
 )
-from ..ops import check_finite, sequence_logps
-from .runtime import finish_run, prepare_training, save_final, start_run, step_indices
+from ..ops import sequence_logps
+from .runtime import finish_run, prepare_training, sample_rows, save_final, start_run, step_indices
 
 REFERENCE_CACHE = "reference_logps.pt"
 
@@ -136,7 +135,7 @@ def train(cfg: DPOConfig, resume: str | bool | None = None) -> dict:
     """Run DPO (or a variant) as configured; returns the summary (also written to the run folder)."""
     run = start_run(cfg, "dpo", resume)
     acc = run.accelerator
-    tokenizer = load_tokenizer(cfg.model)
+    tokenizer = load_tokenizer(cfg.model, announce=run.print)
     model = load_causal_lm(cfg.model, tokenizer, acc.device)
     model.train()
     pad_id = tokenizer.pad_token_id
@@ -146,11 +145,12 @@ def train(cfg: DPOConfig, resume: str | bool | None = None) -> dict:
     eval_rows, eval_report = tokenize_pairs(eval_examples, tokenizer, cfg.data, "eval")
     run.print(train_report.describe("train pairs"))
     run.print(eval_report.describe("eval pairs"))
+    sample_prompts = ([e.prompt for e in eval_examples], [e.chosen[-1].content for e in eval_examples])
 
     # The reference: none for reference-free losses; cached once (default) or kept for on-the-fly use.
     reference, cache = None, None
     if cfg.dpo.loss not in REFERENCE_FREE:
-        reference = load_reference(cfg.model, cfg.dpo.reference_model, model, tokenizer, acc.device)
+        reference = load_reference(cfg.model, cfg.dpo.reference_model, model, tokenizer, acc.device, acc.autocast)
         if cfg.dpo.reference == "cached":
             sequences = {f"{split}_{side}": [getattr(r, side) for r in rows] for split, rows in
                          (("train", train_rows), ("eval", eval_rows)) for side in ("chosen", "rejected")}
@@ -176,7 +176,8 @@ def train(cfg: DPOConfig, resume: str | bool | None = None) -> dict:
         micro = [pair_batch(train_rows, idx, pad_id).to(acc.device) for idx in
                  step_indices(len(train_rows), step, cfg.train.batch_size, cfg.train.grad_accum, cfg.train.seed,
                               acc.process_index, acc.num_processes)]
-        denominator = acc.reduce(step_denominator([b.index for b in micro], "seq_mean_token_mean").to(acc.device), "sum")
+        denominator = acc.reduce(step_denominator([torch.ones(len(b.index)) for b in micro], "seq_mean_token_mean")
+                                 .to(acc.device), "sum")  # pairs in the step, over every process
         # 2. forward chosen+rejected together, loss per pair, backward
         sums: dict[str, torch.Tensor] = {}
         for i, batch in enumerate(micro):
@@ -189,8 +190,8 @@ def train(cfg: DPOConfig, resume: str | bool | None = None) -> dict:
         # 3. clip, step, schedule
         grad_norm = acc.clip_grad_norm_(model.parameters(), cfg.train.max_grad_norm or float("inf"))
         means = {k: (acc.reduce(v, "sum") / denominator).item() for k, v in sums.items()}
-        check_finite(torch.tensor(means["loss"]), f"the {cfg.dpo.loss} loss", step)
-        optimizer.step()
+        if run.step_is_finite(step, {f"{cfg.dpo.loss} loss": means["loss"], "grad_norm": grad_norm}):
+            optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         pairs_seen += int(denominator.item())
@@ -203,15 +204,18 @@ def train(cfg: DPOConfig, resume: str | bool | None = None) -> dict:
             bar.set_postfix(loss=f"{run.log.last('loss/train'):.3f}", acc=f"{run.log.last('accuracy/train'):.2f}")
         if cfg.run.eval_every and step % cfg.run.eval_every == 0 and step != steps:
             run.log.log(step, evaluate(cfg, model, eval_rows, cache, reference, pad_id, acc.device))
+        if cfg.run.sample_every and step % cfg.run.sample_every == 0 and step != steps:
+            sample_rows(run, model, tokenizer, *sample_prompts, step, cfg.run)
         if cfg.run.save_every and step % cfg.run.save_every == 0 and step != steps:
-            run.log.flush()
-            save_checkpoint(acc, run.dir, step, {}, cfg.run.keep_checkpoints)
+            run.checkpoint(step, {}, cfg.run.keep_checkpoints)
         bar.update(1)
     bar.close()
 
+    run.checkpoint(steps, {}, cfg.run.keep_checkpoints)
     final_eval = evaluate(cfg, model, eval_rows, cache, reference, pad_id, acc.device)
     run.log.log(steps, final_eval)
-    save_final(run, model, tokenizer, steps, cfg.run)
+    sample_rows(run, model, tokenizer, *sample_prompts, steps, cfg.run)
+    save_final(run, model, tokenizer, cfg.run)
     warnings = diagnose(run.log)
     for warning in warnings:
         run.print(f"[yellow]warning:[/yellow] {warning}")

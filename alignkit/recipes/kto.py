@@ -22,7 +22,6 @@ from pathlib import Path
 import torch
 
 from ..batch import SequenceBatch
-from ..checkpoint import save_checkpoint
 from ..config import KTOConfig
 from ..data.collate import pad_sequences
 from ..data.prepare import UnpairedRow, load_split, tokenize_unpaired
@@ -36,8 +35,8 @@ from ..models import (
     load_tokenizer,
     reference_cache,
 )
-from ..ops import check_finite, sequence_logps
-from .runtime import finish_run, prepare_training, save_final, start_run, step_indices
+from ..ops import sequence_logps
+from .runtime import finish_run, prepare_training, sample_rows, save_final, start_run, step_indices
 
 REFERENCE_CACHE = "reference_logps.pt"
 
@@ -135,7 +134,7 @@ def train(cfg: KTOConfig, resume: str | bool | None = None) -> dict:
     """Run KTO as configured; returns the summary (also written to the run folder)."""
     run = start_run(cfg, "kto", resume)
     acc = run.accelerator
-    tokenizer = load_tokenizer(cfg.model)
+    tokenizer = load_tokenizer(cfg.model, announce=run.print)
     model = load_causal_lm(cfg.model, tokenizer, acc.device)
     model.train()
     pad_id = tokenizer.pad_token_id
@@ -145,10 +144,11 @@ def train(cfg: KTOConfig, resume: str | bool | None = None) -> dict:
     eval_rows, eval_report = tokenize_unpaired(eval_examples, tokenizer, cfg.data, "eval")
     run.print(train_report.describe("train"))
     run.print(eval_report.describe("eval"))
+    sample_prompts = ([e.prompt for e in eval_examples], [e.completion[-1].content for e in eval_examples])
     rows = {"train": train_rows, "eval": eval_rows}
     kl_rows = {name: mismatched(r, cfg.data.max_length) if r else [] for name, r in rows.items()}
 
-    reference = load_reference(cfg.model, cfg.kto.reference_model, model, tokenizer, acc.device)
+    reference = load_reference(cfg.model, cfg.kto.reference_model, model, tokenizer, acc.device, acc.autocast)
     cache = None
     if cfg.kto.reference == "cached":
         sequences = {name: [r.sequence for r in rs] for name, rs in rows.items()}
@@ -177,7 +177,8 @@ def train(cfg: KTOConfig, resume: str | bool | None = None) -> dict:
                                      cfg.train.seed, acc.process_index, acc.num_processes)
         kl_ref = step_reference_point(acc, model, scorer, "train", micro_indices)
         micro = [scorer.batch("train", idx).to(acc.device) for idx in micro_indices]
-        denominator = acc.reduce(step_denominator([b.index for b in micro], "seq_mean_token_mean").to(acc.device), "sum")
+        denominator = acc.reduce(step_denominator([torch.ones(len(b.index)) for b in micro], "seq_mean_token_mean")
+                                 .to(acc.device), "sum")  # examples in the step, over every process
         # 2. forward, KTO loss per example, backward
         sums: dict[str, torch.Tensor] = {}
         for i, batch in enumerate(micro):
@@ -195,8 +196,8 @@ def train(cfg: KTOConfig, resume: str | bool | None = None) -> dict:
         # 3. clip, step, schedule
         grad_norm = acc.clip_grad_norm_(model.parameters(), cfg.train.max_grad_norm or float("inf"))
         totals = {k: acc.reduce(v, "sum").item() for k, v in sums.items()}
-        check_finite(torch.tensor(totals["loss"]), "the KTO loss", step)
-        optimizer.step()
+        if run.step_is_finite(step, {"KTO loss": totals["loss"], "grad_norm": grad_norm}):
+            optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         seen += int(denominator.item())
@@ -208,15 +209,18 @@ def train(cfg: KTOConfig, resume: str | bool | None = None) -> dict:
             bar.set_postfix(loss=f"{run.log.last('loss/train'):.3f}")
         if cfg.run.eval_every and step % cfg.run.eval_every == 0 and step != steps:
             run.log.log(step, evaluate(cfg, acc, model, scorer))
+        if cfg.run.sample_every and step % cfg.run.sample_every == 0 and step != steps:
+            sample_rows(run, model, tokenizer, *sample_prompts, step, cfg.run)
         if cfg.run.save_every and step % cfg.run.save_every == 0 and step != steps:
-            run.log.flush()
-            save_checkpoint(acc, run.dir, step, {}, cfg.run.keep_checkpoints)
+            run.checkpoint(step, {}, cfg.run.keep_checkpoints)
         bar.update(1)
     bar.close()
 
+    run.checkpoint(steps, {}, cfg.run.keep_checkpoints)
     final_eval = evaluate(cfg, acc, model, scorer)
     run.log.log(steps, final_eval)
-    save_final(run, model, tokenizer, steps, cfg.run)
+    sample_rows(run, model, tokenizer, *sample_prompts, steps, cfg.run)
+    save_final(run, model, tokenizer, cfg.run)
     summary = {"steps": steps, "beta": cfg.kto.beta, "final": {"loss/train": run.log.last("loss/train"), **final_eval},
                "examples_per_s": seen / max(time.time() - clock, 1e-9),
                "data": {"train": train_report.__dict__, "eval": eval_report.__dict__, "desirable": n_good},

@@ -21,7 +21,6 @@ from contextlib import nullcontext
 import torch
 
 from ..batch import RankingBatch
-from ..checkpoint import save_checkpoint
 from ..config import RMConfig
 from ..data.collate import pad_rankings
 from ..data.prepare import RankRow, load_split, preference_kind, tokenize_rankings
@@ -35,7 +34,7 @@ from ..models import (
     save_reward_stats,
     token_values,
 )
-from ..ops import check_finite, gather_last
+from ..ops import gather_last
 from .runtime import finish_run, prepare_training, save_final, start_run, step_indices
 
 READY_ACCURACY = 0.7  # the field's rule of thumb (our seed texts): below this an RM is not ready for PPO
@@ -104,7 +103,7 @@ def train(cfg: RMConfig, resume: str | bool | None = None) -> dict:
     """Train a reward model as configured; returns the summary (also written to the run folder)."""
     run = start_run(cfg, "rm", resume)
     acc = run.accelerator
-    tokenizer = load_tokenizer(cfg.model)
+    tokenizer = load_tokenizer(cfg.model, announce=run.print)
     model = ValueModel(load_reward_model(cfg.model, tokenizer, acc.device))  # one forward for DDP to wrap
     model.train()
     pad_id = tokenizer.pad_token_id
@@ -132,7 +131,8 @@ def train(cfg: RMConfig, resume: str | bool | None = None) -> dict:
         micro = [pad_rankings([train_rows[i] for i in idx], idx, pad_id).to(acc.device) for idx in
                  step_indices(len(train_rows), step, cfg.train.batch_size, cfg.train.grad_accum, cfg.train.seed,
                               acc.process_index, acc.num_processes)]
-        denominator = acc.reduce(step_denominator([b.index for b in micro], "seq_mean_token_mean").to(acc.device), "sum")
+        denominator = acc.reduce(step_denominator([torch.ones(len(b.index)) for b in micro], "seq_mean_token_mean")
+                                 .to(acc.device), "sum")  # lists in the step, over every process
         # 2. score every response once, loss per list, backward
         sums: dict[str, torch.Tensor] = {}
         for i, batch in enumerate(micro):
@@ -148,8 +148,8 @@ def train(cfg: RMConfig, resume: str | bool | None = None) -> dict:
         # 3. clip, step, schedule
         grad_norm = acc.clip_grad_norm_(model.parameters(), cfg.train.max_grad_norm or float("inf"))
         means = {k: (acc.reduce(v, "sum") / denominator).item() for k, v in sums.items()}
-        check_finite(torch.tensor(means["loss"]), "the reward-model loss", step)
-        optimizer.step()
+        if run.step_is_finite(step, {"loss": means["loss"], "grad_norm": grad_norm}):
+            optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         seen += int(denominator.item())
@@ -163,14 +163,14 @@ def train(cfg: RMConfig, resume: str | bool | None = None) -> dict:
         if cfg.run.eval_every and step % cfg.run.eval_every == 0 and step != steps:
             run.log.log(step, evaluate(cfg, model, eval_rows, pad_id, acc.device))
         if cfg.run.save_every and step % cfg.run.save_every == 0 and step != steps:
-            run.log.flush()
-            save_checkpoint(acc, run.dir, step, {}, cfg.run.keep_checkpoints)
+            run.checkpoint(step, {}, cfg.run.keep_checkpoints)
         bar.update(1)
     bar.close()
 
+    run.checkpoint(steps, {}, cfg.run.keep_checkpoints)
     final_eval = evaluate(cfg, model, eval_rows, pad_id, acc.device)
     run.log.log(steps, final_eval)
-    save_final(run, model, tokenizer, steps, cfg.run)
+    save_final(run, model, tokenizer, cfg.run)
     stats = {"mean": final_eval.get("rewards/mean_eval", 0.0), "std": final_eval.get("rewards/std_eval", 1.0)}
     if run.is_main:
         n_scores = sum(len(r.responses) for r in eval_rows)

@@ -4,6 +4,7 @@ order, and the closing artifacts. The loop itself stays in each recipe.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import random
 import time
@@ -15,8 +16,8 @@ from typing import Any
 
 import torch
 
-from ..checkpoint import atomic_write_text, latest_checkpoint
-from ..config import RunConfig, Section, TrainConfig, dump_config
+from ..checkpoint import atomic_write_text, latest_checkpoint, load_checkpoint, save_checkpoint
+from ..config import ConfigError, RunConfig, Section, TrainConfig, dump_config
 from ..report import CURVES, REPORT, plot_curves, write_report
 from ..tracking import METRICS_CSV, METRICS_JSONL, SAMPLES, SUMMARY, RunLog
 
@@ -30,11 +31,53 @@ class Run:
     accelerator: Any
     log: RunLog
     resume_from: Path | None
+    on_nonfinite: str = "stop"
     started: float = field(default_factory=time.time)
+    skipped_steps: int = 0  # optimizer steps skipped for a non-finite loss or gradient (train.on_nonfinite: skip)
+    prepared: int = 0  # trained models wrapped by accelerate so far
 
     @property
     def is_main(self) -> bool:
         return self.accelerator.is_main_process
+
+    def step_is_finite(self, step: int, quantities: dict[str, Any]) -> bool:
+        """Whether the optimizer may step: every quantity (the step's loss, its gradient norm) is finite.
+
+        Otherwise, with ``train.on_nonfinite: stop`` (default) the run stops naming the step and the quantity, the
+        last checkpoint intact; with ``skip`` the step is skipped (the caller drops its gradients) and counted.
+        Every rank sees the same global loss and gradient norm, so they all decide alike.
+        """
+        bad = {k: float(v) for k, v in quantities.items() if not math.isfinite(float(v))}
+        if not bad:
+            return True
+        what = ", ".join(f"{k} = {v}" for k, v in bad.items())
+        if self.on_nonfinite == "stop":
+            raise FloatingPointError(
+                f"step {step}: {what} (not finite). The run stops here; the last good checkpoint is intact "
+                "(resume with --resume, or set train.on_nonfinite: skip). Usual causes: learning rate too high, "
+                "fp16 overflow (try bf16), or bad data.")
+        self.skipped_steps += 1
+        self.print(f"[yellow]step {step}: {what} (not finite); optimizer step skipped "
+                   f"({self.skipped_steps} so far)[/yellow]")
+        return False
+
+    def checkpoint(self, step: int, state: dict[str, Any], keep: int) -> None:
+        """Flush the logs, then save everything needed to resume at ``step`` (atomic, every rank)."""
+        self.log.flush()
+        save_checkpoint(self.accelerator, self.dir, step, {**state, "skipped_steps": self.skipped_steps,
+                                                           "log_rows": len(self.log.rows),
+                                                           "log_samples": len(self.log.samples)}, keep)
+
+    def restore(self) -> dict[str, Any]:
+        """Load the checkpoint being resumed (models and optimizers already prepared): its trainer state, with the
+        logs reloaded up to its step. A fresh run returns {"step": 0}."""
+        if self.resume_from is None:
+            return {"step": 0}
+        state = load_checkpoint(self.accelerator, self.resume_from)
+        self.log.resume(state["log_rows"], state["log_samples"])
+        self.skipped_steps = state.get("skipped_steps", 0)
+        self.print(f"resumed from {self.resume_from} at step {state['step']}")
+        return state
 
     def print(self, *args: Any) -> None:
         if self.is_main:
@@ -74,27 +117,40 @@ def start_run(cfg: Section, recipe: str, resume: str | bool | None = None) -> Ru
     quiet_libraries()
     if run_cfg.threads:
         torch.set_num_threads(run_cfg.threads)
-    from accelerate import PartialState
     from accelerate.utils import broadcast_object_list
 
+    # step_scheduler_with_optimizer=False: our step counts are global optimizer steps, so each process advances the
+    # schedule once per step (accelerate's default would advance it num_processes times). Built first: it sets up
+    # the process group (gloo for CPU processes) that everything below relies on.
+    accelerator = Accelerator(mixed_precision=_mixed_precision(train_cfg.mixed_precision), cpu=_cpu_only(cfg),
+                              step_scheduler_with_optimizer=False)
+    world = accelerator.num_processes
+    require_divisible(world, {"train.batch_size": train_cfg.batch_size})
     run_dir = resolve_run_dir(run_cfg, recipe, resume)
-    if PartialState().num_processes > 1:  # {time} must name one folder on every process
+    if world > 1:  # {time} must name one folder on every process
         run_dir = Path(broadcast_object_list([str(run_dir)])[0])
     resume_from = None
     if resume:
         resume_from = latest_checkpoint(run_dir)
-        if resume_from is None:
-            raise FileNotFoundError(f"--resume: no complete checkpoint under {run_dir}/checkpoints")
+        if resume_from is None and not (run_dir / "config.yaml").is_file():
+            raise FileNotFoundError(f"--resume: {run_dir} is not a run folder (no config.yaml, no checkpoints)")
     seed_everything(train_cfg.seed)
-    # step_scheduler_with_optimizer=False: our step counts are global optimizer steps, so each process advances the
-    # schedule once per step (accelerate's default would advance it num_processes times).
-    accelerator = Accelerator(mixed_precision=_mixed_precision(train_cfg.mixed_precision), cpu=_cpu_only(cfg),
-                              step_scheduler_with_optimizer=False)
     log = RunLog(run_dir, run_cfg.report_to, cfg.model_dump(mode="json"), enabled=accelerator.is_main_process)
+    run = Run(recipe, run_dir, accelerator, log, resume_from, on_nonfinite=train_cfg.on_nonfinite)
+    if resume and resume_from is None:  # killed before its first checkpoint: nothing to resume, start over
+        run.print(f"--resume: {run_dir} has no complete checkpoint yet; starting from step 0")
     if accelerator.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(run_dir / "config.yaml", dump_config(cfg))
-    return Run(recipe, run_dir, accelerator, log, resume_from)
+    return run
+
+
+def require_divisible(world: int, sizes: dict[str, int]) -> None:
+    """Batch sizes count over all processes; each must split evenly across them. The error names the field."""
+    for key, size in sizes.items():
+        if size % world:
+            raise ConfigError(f"{key} = {size} does not divide over {world} processes: batch sizes count over all "
+                              f"processes (each takes {key} / {world}); use a multiple of {world}")
 
 
 def _cpu_only(cfg: Section) -> bool:
@@ -128,6 +184,9 @@ def make_scheduler(optimizer: torch.optim.Optimizer, train: TrainConfig, total_s
 
 def total_steps(train: TrainConfig, n_rows: int, rows_per_step: int) -> int:
     """Optimizer steps: max_steps, or epochs over the data (at least one step)."""
+    if train.batch_size > n_rows:
+        raise ConfigError(f"train.batch_size = {train.batch_size} is more than the {n_rows} training rows (after "
+                          "the eval split and the over-length policy); lower it or add data")
     if train.max_steps:
         return train.max_steps
     return max(1, math.floor(train.epochs * max(1, n_rows // rows_per_step)))
@@ -135,58 +194,119 @@ def total_steps(train: TrainConfig, n_rows: int, rows_per_step: int) -> int:
 
 def step_indices(n_rows: int, step: int, batch_size: int, grad_accum: int, seed: int, rank: int = 0,
                  world: int = 1) -> list[list[int]]:
-    """Row indices of each micro-batch of optimizer step ``step`` (1-based) on process ``rank``.
+    """Row indices of each micro-batch of optimizer step ``step`` (1-based) on process ``rank`` of ``world``.
 
-    The order is a pure function of (seed, step): each epoch is a fresh seeded permutation, cut into full
-    micro-batches of ``batch_size * world`` rows; each rank takes its slice. So the data position at any step is
-    known without state, and a resumed run sees exactly the batches an uninterrupted run would.
+    ``batch_size`` counts rows over all processes. The order is a pure function of (seed, step): each epoch is a
+    fresh seeded permutation, cut into micro-batches of ``batch_size`` rows (a partial tail is left for the next
+    epoch's permutation); rank r takes the r-th of ``world`` equal slices of each. So the data position at any
+    step is known without state, a resumed run sees exactly the batches an uninterrupted run would, and the
+    union over ranks is the same whatever the number of processes.
     """
-    global_batch = batch_size * world
-    per_epoch = max(1, n_rows // global_batch)
+    if batch_size % world or batch_size > n_rows:
+        raise ValueError(f"a batch of {batch_size} rows cannot be cut from {n_rows} rows into {world} equal slices")
+    per_rank, per_epoch = batch_size // world, n_rows // batch_size
     out = []
     for j in range(grad_accum):
         k = (step - 1) * grad_accum + j
         epoch, slot = divmod(k, per_epoch)
         order = torch.randperm(n_rows, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch)).tolist()
-        chunk = order[slot * global_batch : (slot + 1) * global_batch]
-        out.append(chunk[rank * batch_size : (rank + 1) * batch_size] or chunk[:batch_size])
+        chunk = order[slot * batch_size : (slot + 1) * batch_size]
+        out.append(chunk[rank * per_rank : (rank + 1) * per_rank])
     return out
+
+
+def prepare_model(run: Run, model, train: TrainConfig, total: int, lr: float | None = None):
+    """AdamW and the schedule over ``total`` optimizer steps for one trained model, wrapped by accelerate.
+
+    Each trained model is prepared on its own (PPO's actor and critic too): DeepSpeed and FSDP wrap one model per
+    call. Returns (model, optimizer, scheduler).
+    """
+    if run.accelerator.distributed_type.name == "DEEPSPEED" and run.prepared:
+        raise ConfigError("this recipe trains two models; under DeepSpeed each needs its own engine, which alignkit "
+                          "does not set up yet: launch it with FSDP or DDP (the accelerate config), or one model")
+    optimizer = make_optimizer(model.parameters(), train, lr)
+    scheduler = make_scheduler(optimizer, train, total)
+    run.prepared += 1
+    return run.accelerator.prepare(model, optimizer, scheduler)
 
 
 def prepare_training(run: Run, model, train: TrainConfig, n_rows: int):
     """Optimizer, schedule and accelerate wrapping for ``n_rows`` training rows; restores the checkpoint when
     resuming. Returns (model, optimizer, scheduler, total steps, step to start after)."""
-    from ..checkpoint import load_checkpoint
-
-    acc = run.accelerator
-    steps = total_steps(train, n_rows, train.batch_size * train.grad_accum * acc.num_processes)
-    optimizer = make_optimizer(model.parameters(), train)
-    scheduler = make_scheduler(optimizer, train, steps)
-    model, optimizer, scheduler = acc.prepare(model, optimizer, scheduler)
-    start = 0
-    if run.resume_from:
-        start = load_checkpoint(acc, run.resume_from)["step"]
-        run.log.resume(start)
-        run.print(f"resumed from {run.resume_from} at step {start}")
-    return model, optimizer, scheduler, steps, start
+    steps = total_steps(train, n_rows, train.batch_size * train.grad_accum)
+    model, optimizer, scheduler = prepare_model(run, model, train, steps)
+    return model, optimizer, scheduler, steps, run.restore()["step"]
 
 
-def save_final(run: Run, model, tokenizer, step: int, run_cfg: RunConfig, state: dict | None = None) -> None:
-    """The last checkpoint (resumable) and final/ (the model or adapter with its tokenizer)."""
-    from ..checkpoint import save_checkpoint
+def is_sharded(acc) -> bool:
+    """FSDP or DeepSpeed ZeRO-3: no process holds whole weights outside a gathering context."""
+    if acc.distributed_type.name == "FSDP":
+        return True
+    plugin = getattr(acc.state, "deepspeed_plugin", None)
+    return plugin is not None and plugin.zero_stage == 3
+
+
+@contextlib.contextmanager
+def generation_model(acc, model):
+    """The module to call ``generate`` on, its weights whole for the duration.
+
+    DDP or one process: the unwrapped module. FSDP (v1): the root's parameters are gathered (inner units gather
+    their own in forward). DeepSpeed ZeRO-3: every parameter is gathered, as TRL does for its ZeRO-3 rollouts.
+    """
+    if acc.distributed_type.name == "FSDP" and hasattr(model, "module"):
+        from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+
+        with FSDP.summon_full_params(model, recurse=False, writeback=False):
+            yield model.module
+    elif is_sharded(acc):
+        import deepspeed
+
+        with deepspeed.zero.GatheredParameters(list(model.parameters())):
+            yield acc.unwrap_model(model)
+    else:
+        yield acc.unwrap_model(model)
+
+
+def sample_rows(run: Run, model, tokenizer, prompts: list, references: list[str], step: int, run_cfg: RunConfig) -> None:
+    """Greedy generations for the first ``run.num_samples`` eval prompts, next to the reference response, into
+    samples.jsonl (every process generates: under FSDP / ZeRO-3 gathering the weights is collective)."""
+    from ..data.templates import tokenize_prompt
+    from ..sampling import SamplingParams, generate
+
+    prompts, references = prompts[: run_cfg.num_samples], references[: run_cfg.num_samples]
+    if not prompts:
+        return
+    with generation_model(run.accelerator, model) as module:
+        gens = generate(module, tokenizer, [tokenize_prompt(tokenizer, p) for p in prompts],
+                        SamplingParams(max_new_tokens=run_cfg.sample_max_new_tokens, temperature=0.0))
+    run.log.add_samples(step, [{"prompt": p[-1].content, "response": g.text, "reference": ref}
+                               for p, g, ref in zip(prompts, gens, references)])
+
+
+def save_final(run: Run, model, tokenizer, run_cfg: RunConfig) -> None:
+    """final/: the model or adapter with its tokenizer. (The recipe checkpoints the last step before its final
+    eval, so a run killed after training resumes straight to the final eval and this save.)
+
+    The weights come from ``get_state_dict``, which gathers a full state dict under FSDP / ZeRO-3 (every rank
+    must take part), so final/ is a whole model whatever the sharding.
+    """
     from ..models import save_model
 
-    save_checkpoint(run.accelerator, run.dir, step, state or {}, run_cfg.keep_checkpoints)
+    if run_cfg.merge_adapter and is_sharded(run.accelerator):
+        raise ConfigError("run.merge_adapter under FSDP / ZeRO-3 is not supported: merge final/ afterwards")
+    weights = run.accelerator.get_state_dict(model)
     if run.is_main:
         unwrapped = run.accelerator.unwrap_model(model)
-        unwrapped = getattr(unwrapped, "hf", unwrapped)  # a ValueModel saves the Hugging Face model inside it
-        save_model(unwrapped, tokenizer, run.dir / "final", merge_adapter=run_cfg.merge_adapter)
+        if hasattr(unwrapped, "hf"):  # a ValueModel saves the Hugging Face model inside it
+            unwrapped, weights = unwrapped.hf, {k.removeprefix("hf."): v for k, v in weights.items()}
+        save_model(unwrapped, tokenizer, run.dir / "final", merge_adapter=run_cfg.merge_adapter, state_dict=weights)
 
 
 def finish_run(run: Run, summary: dict[str, Any], headline: Sequence[tuple[str, Any]]) -> dict[str, Any]:
     """Write summary.json, training_curves.png and report.html, then print a one-screen summary."""
     wall = time.time() - run.started
     summary = {"recipe": run.recipe, "run_dir": str(run.dir), **summary, "wall_time_s": round(wall, 1),
+               "skipped_steps": run.skipped_steps, "num_processes": run.accelerator.num_processes,
                "files": {"summary": SUMMARY, "curves": CURVES, "metrics_csv": METRICS_CSV,
                          "metrics_jsonl": METRICS_JSONL, "samples": SAMPLES, "config": "config.yaml",
                          "report": REPORT, "final_model": "final/", "checkpoints": "checkpoints/"}}

@@ -20,17 +20,13 @@ from contextlib import nullcontext
 import torch
 
 from ..batch import SFTBatch
-from ..checkpoint import save_checkpoint
 from ..config import SFTConfig
 from ..data.collate import pack, pad_batch, pad_packed
-from ..data.formats import Conversation
 from ..data.prepare import load_split, tokenize_sft
-from ..data.templates import tokenize_prompt
 from ..losses import aggregate, sft_loss, step_denominator
 from ..models import count_parameters, load_causal_lm, load_tokenizer
-from ..ops import check_finite, forward_token_logps
-from ..sampling import SamplingParams, generate
-from .runtime import Run, finish_run, prepare_training, save_final, start_run, step_indices
+from ..ops import forward_token_logps
+from .runtime import finish_run, prepare_training, sample_rows, save_final, start_run, step_indices
 
 
 def sft_step_loss(model, batch: SFTBatch, denominator: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -63,22 +59,11 @@ def evaluate_loss(model, rows: list, pad_id: int, batch_size: int, device: torch
     return {"loss/eval": loss, "ppl/eval": math.exp(min(loss, 50))}
 
 
-def sample_rows(run: Run, model, tokenizer, prompts: list[Conversation], references: list[str], step: int,
-                max_new_tokens: int) -> None:
-    """Greedy generations for a few eval prompts, next to the reference response, into samples.jsonl."""
-    if not prompts:
-        return
-    gens = generate(model, tokenizer, [tokenize_prompt(tokenizer, p) for p in prompts],
-                    SamplingParams(max_new_tokens=max_new_tokens, temperature=0.0))
-    run.log.add_samples(step, [{"prompt": p[-1].content, "response": g.text, "reference": ref}
-                               for p, g, ref in zip(prompts, gens, references)])
-
-
 def train(cfg: SFTConfig, resume: str | bool | None = None) -> dict:
     """Run SFT as configured; returns the summary (also written to the run folder)."""
     run = start_run(cfg, "sft", resume)
     acc = run.accelerator
-    tokenizer = load_tokenizer(cfg.model)
+    tokenizer = load_tokenizer(cfg.model, announce=run.print)
     model = load_causal_lm(cfg.model, tokenizer, acc.device)
     model.train()
 
@@ -120,8 +105,8 @@ def train(cfg: SFTConfig, resume: str | bool | None = None) -> dict:
         # 3. clip, step, schedule
         grad_norm = acc.clip_grad_norm_(model.parameters(), cfg.train.max_grad_norm or float("inf"))
         step_loss = acc.reduce(nll_sum, "sum") / denominator
-        check_finite(step_loss, "the SFT loss", step)
-        optimizer.step()
+        if run.step_is_finite(step, {"loss": step_loss, "grad_norm": grad_norm}):
+            optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         tokens_seen += int(sum(b.input_ids.numel() for b in micro))
@@ -136,18 +121,18 @@ def train(cfg: SFTConfig, resume: str | bool | None = None) -> dict:
         if cfg.run.eval_every and step % cfg.run.eval_every == 0 and step != steps:
             run.log.log(step, evaluate_loss(model, eval_rows, pad_id, cfg.train.batch_size, acc.device))
         if cfg.run.sample_every and step % cfg.run.sample_every == 0 and step != steps:
-            sample_rows(run, model, tokenizer, sample_prompts, sample_refs, step, cfg.run.sample_max_new_tokens)
+            sample_rows(run, model, tokenizer, sample_prompts, sample_refs, step, cfg.run)
         if cfg.run.save_every and step % cfg.run.save_every == 0 and step != steps:
-            run.log.flush()
-            save_checkpoint(acc, run.dir, step, {"tokens_seen": tokens_seen}, cfg.run.keep_checkpoints)
+            run.checkpoint(step, {"tokens_seen": tokens_seen}, cfg.run.keep_checkpoints)
         bar.update(1)
     bar.close()
 
+    run.checkpoint(steps, {"tokens_seen": tokens_seen}, cfg.run.keep_checkpoints)
     final_eval = evaluate_loss(model, eval_rows, pad_id, cfg.train.batch_size, acc.device)
     if final_eval:
         run.log.log(steps, final_eval)
-    sample_rows(run, model, tokenizer, sample_prompts, sample_refs, steps, cfg.run.sample_max_new_tokens)
-    save_final(run, model, tokenizer, steps, cfg.run, {"tokens_seen": tokens_seen})
+    sample_rows(run, model, tokenizer, sample_prompts, sample_refs, steps, cfg.run)
+    save_final(run, model, tokenizer, cfg.run)
     elapsed = time.time() - clock
     best = run.log.best("loss/eval")
     summary = {

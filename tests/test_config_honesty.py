@@ -1,0 +1,171 @@
+"""Every knob works or refuses: each field of each recipe's config is read by the run, or listed in the recipe's
+REFUSED map (set to anything but its default, it is an error naming the reason). A field that nothing reads is a
+knob that does nothing, and this test names it.
+
+How: every config field read is recorded (``Section.__getattribute__``) while the recipe runs a step or two in
+variants that switch on each branch (LoRA, packing, an on-the-fly reference, PPO's adaptive KL and shared critic,
+GRPO's KL term...). A field read in none of them fails the test.
+"""
+
+import pytest
+from multiproc import small_data
+
+from alignkit.cli import RECIPES
+from alignkit.config import ConfigError, RewardSource, Section, load_config
+
+LORA = {"model": {"adapter": "lora", "lora_r": 4, "lora_alpha": 8, "lora_dropout": 0.0,
+                  "lora_target_modules": ["q_proj", "v_proj"], "gradient_checkpointing": True},
+        "run": {"merge_adapter": True}}
+EPOCHS = {"train": {"max_steps": 0, "epochs": 0.2}}
+SPLIT = {"data": {"eval": None, "eval_fraction": 0.2}}
+JUDGE = {"judge": "demo:sft", "args": {"max_new_tokens": 2}, "revision": None, "dtype": "float32"}
+VARIANTS = {
+    "sft": [{"data": {"packing": True}}, LORA, {**EPOCHS, **SPLIT}],
+    "rm": [LORA, {**EPOCHS, **SPLIT}],
+    "dpo": [{"dpo": {"reference": "on_the_fly"}}, LORA, {**EPOCHS, **SPLIT}],
+    "kto": [{"kto": {"reference": "on_the_fly"}}, LORA, {**EPOCHS, **SPLIT}],
+    "grpo": [{"grpo": {"beta": 0.1, "dynamic_sampling": True, "mask_truncated": True, "entropy_coef": 0.01}},
+             {**SPLIT, "rewards": [JUDGE, {"reward_model": "demo:rm", "normalize": False, "name": "rm"}]},
+             {**LORA, **EPOCHS}],
+    "ppo": [{"ppo": {"adaptive_kl": True, "reward_norm": "running", "critic": "shared"}},
+            {**SPLIT, "ppo": {"kl_in_loss": True, "kl_estimator": "k3"},
+             "rewards": [{"builtin": "demo_gold"}, JUDGE]},
+            {**LORA, **EPOCHS}],
+}
+QUICK = {"train": {"max_steps": 2, "batch_size": 4},
+         "run": {"eval_every": 1, "save_every": 1, "sample_every": 1, "num_samples": 1, "log_every": 1,
+                 "threads": 1, "progress": False}}
+RL_QUICK = {"sampling": {"max_new_tokens": 4}}
+
+
+def merged(*parts: dict) -> dict:
+    out: dict = {}
+    for part in parts:
+        for section, values in part.items():
+            out[section] = {**out.get(section, {}), **values} if isinstance(values, dict) else values
+    return out
+
+
+def config(recipe: str, tmp_path, variant: dict):
+    from alignkit.demo.run import stage_config
+
+    data = {"data": small_data(recipe, tmp_path / "data", n_train=16, n_eval=4)}
+    extra = [RL_QUICK, {"grpo": {"group_size": 2, "micro_batch_size": 4}}] if recipe == "grpo" else \
+            [RL_QUICK, {"ppo": {"mini_batch_size": 2, "micro_batch_size": 2, "ppo_epochs": 1}}] if recipe == "ppo" else []
+    quick = QUICK if recipe != "rm" else {**QUICK, "run": {k: v for k, v in QUICK["run"].items()
+                                                           if k not in ("sample_every", "num_samples")}}
+    sections = merged(data, quick, *extra, variant)
+    return stage_config(recipe, tmp_path / "run", fast=True, **sections)
+
+
+def leaf_fields(cfg: Section) -> set[tuple[str, str]]:
+    """(section class, field) of every leaf field of a config, reward sources included."""
+    out = set()
+    for name in type(cfg).model_fields:
+        value = getattr(cfg, name)
+        values = value if isinstance(value, list) else [value]
+        for item in values:
+            if isinstance(item, Section):
+                out |= {(type(item).__name__, f) for f in type(item).model_fields}
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("recipe", list(VARIANTS))
+def test_every_field_is_read_or_refused(recipe, tmp_path, monkeypatch, demo_sft, demo_rm):
+    reads: set[tuple[str, str]] = set()
+    original = Section.__getattribute__
+
+    def recording(self, name):
+        if name in type(self).model_fields:
+            reads.add((type(self).__name__, name))
+        return original(self, name)
+
+    fields = set()
+    for i, variant in enumerate([{}, *VARIANTS[recipe]]):
+        cfg = config(recipe, tmp_path / f"v{i}", variant)
+        fields |= leaf_fields(cfg)
+        monkeypatch.setattr(Section, "__getattribute__", recording)
+        RECIPES[recipe].train(cfg, None)
+        monkeypatch.setattr(Section, "__getattribute__", original)
+    spec = RECIPES[recipe].config
+    refused = {(type(getattr(cfg, key.split(".")[0])).__name__, key.split(".")[1]) for key in spec.REFUSED}
+    unread = sorted(fields - reads - refused)
+    assert not unread, f"{recipe}: fields nothing reads (read them, or add them to REFUSED with the reason): {unread}"
+
+
+def test_eval_config_fields_are_read_or_refused(tmp_path, monkeypatch, demo_rm):
+    from alignkit.config import EvalConfig
+
+    reads: set[tuple[str, str]] = set()
+    original = Section.__getattribute__
+
+    def recording(self, name):
+        if name in type(self).model_fields:
+            reads.add((type(self).__name__, name))
+        return original(self, name)
+
+    cfg = load_config(EvalConfig, None, [f"run.output_dir={tmp_path / 'eval'}", "run.threads=1"])
+    monkeypatch.setattr(Section, "__getattribute__", recording)
+    RECIPES["eval"].train(cfg, None)
+    monkeypatch.setattr(Section, "__getattribute__", original)
+    refused = {(type(getattr(cfg, key.split(".")[0])).__name__, key.split(".")[1]) for key in EvalConfig.REFUSED}
+    assert not sorted(leaf_fields(cfg) - reads - refused)
+
+
+@pytest.mark.parametrize("recipe, key, value, reason", [
+    ("dpo", "data.packing", "true", "packing is for SFT"),
+    ("grpo", "train.grad_accum", "4", "micro_batch_size"),
+    ("ppo", "run.sample_max_new_tokens", "9", "RL samples are the rollouts"),
+    ("rm", "run.sample_every", "5", "does not generate"),
+    ("eval", "model.adapter", "lora", "trains nothing"),
+])
+def test_a_refused_field_set_is_an_error_naming_the_reason(recipe, key, value, reason):
+    with pytest.raises(ConfigError) as err:
+        load_config(RECIPES[recipe].config, None, [f"{key}={value}"])
+    assert f"{key} = " in str(err.value) and "is not used by this recipe" in str(err.value) and reason in str(err.value)
+
+
+def test_k1_is_refused_as_a_kl_loss_term_with_the_reason():
+    with pytest.raises(ConfigError, match="grpo.kl_estimator = k1 cannot be a KL loss term: E\\[grad log pi\\] = 0"):
+        load_config(RECIPES["grpo"].config, None, ["grpo.kl_estimator=k1"])
+    with pytest.raises(ConfigError, match="ppo.kl_estimator = k1 cannot be a KL loss term"):
+        load_config(RECIPES["ppo"].config, None, ["ppo.kl_in_loss=true"])
+    assert load_config(RECIPES["ppo"].config).ppo.kl_estimator == "k1"  # in the reward it is the classic choice
+
+
+def test_renamed_key_says_its_new_name():
+    with pytest.raises(ConfigError, match='key "grpo.overlong_penalty" was renamed to "grpo.missing_eos_penalty"'):
+        load_config(RECIPES["grpo"].config, None, ["grpo.overlong_penalty=1.0"])
+
+
+def test_mixed_precision_no_is_read_as_no_in_files_and_overrides(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("train:\n  mixed_precision: no\n")
+    assert load_config(RECIPES["sft"].config, path).train.mixed_precision == "no"
+    assert load_config(RECIPES["sft"].config, None, ["train.mixed_precision=no"]).train.mixed_precision == "no"
+
+
+@pytest.mark.parametrize("source, message", [
+    ({"fn": "m:f", "revision": "v1"}, "revision does not apply to a fn source"),
+    ({"builtin": "length", "dtype": "bfloat16"}, "dtype does not apply to a builtin source"),
+    ({"reward_model": "x", "args": {"a": 1}}, "args does not apply to a reward_model source"),
+    ({"fn": "m:f", "normalize": False}, "normalize does not apply to a fn source"),
+])
+def test_reward_source_fields_that_do_not_apply_are_refused(source, message):
+    with pytest.raises(ValueError, match=message):
+        RewardSource(**source)
+
+
+def test_the_shared_sections_are_declared_once():
+    from alignkit.config import RecipeConfig
+
+    for name, recipe in RECIPES.items():
+        if name == "eval":
+            continue
+        assert issubclass(recipe.config, RecipeConfig)
+        own = set(recipe.config.model_fields) - set(RecipeConfig.model_fields)
+        assert not own & {"model", "data", "train", "run"}
+        assert recipe.config.model_fields["train"] is not None
+        for section in ("model", "data", "train", "run"):  # inherited, not re-declared
+            assert section not in recipe.config.__annotations__
