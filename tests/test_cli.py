@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from alignkit.cli import main
 
 
@@ -31,3 +33,44 @@ def test_cli_sft_run_on_a_local_jsonl(tmp_path, demo_base):
     assert code == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["steps"] == 3 and summary["data"]["train"]["kept"] == 7
+
+
+def test_accelerate_config_relaunches_the_same_command_under_accelerate_launch():
+    import sys
+
+    from alignkit.cli import accelerate_command
+
+    argv = ["sft", "cfg.yaml", "train.lr=1e-4", "--accelerate-config", "fsdp.yaml", "--resume"]
+    assert accelerate_command("fsdp.yaml", argv) == [
+        sys.executable, "-m", "accelerate.commands.launch", "--config_file", "fsdp.yaml",
+        "-m", "alignkit.cli", "sft", "cfg.yaml", "train.lr=1e-4", "--resume"]
+
+
+def test_a_missing_accelerate_config_is_one_line(tmp_path, capsys):
+    assert main(["sft", "--accelerate-config", str(tmp_path / "nope.yaml")]) == 2
+    assert capsys.readouterr().err.strip() == (f"alignkit: error: --accelerate-config {tmp_path / 'nope.yaml'}: no "
+                                               "such file (write one with `accelerate config`)")
+
+
+
+@pytest.mark.slow
+def test_the_cli_on_two_processes_under_a_real_launcher(tmp_path, demo_base):
+    """`torchrun -m alignkit.cli sft ...` on 2 CPU processes (the launcher accelerate's multi-GPU launch wraps; on CPU,
+    `accelerate launch --cpu` starts one process unless MPI is set up)."""
+    import subprocess
+    import sys
+
+    data = tmp_path / "train.jsonl"
+    data.write_text("".join(json.dumps({"prompt": f"What is {i} + 1?", "response": f"{i} + 1 = {i + 1}."}) + "\n"
+                            for i in range(12)))
+    out = tmp_path / "run"
+    from multiproc import free_port
+
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
+               "-m", "alignkit.cli", "sft", f"model.name_or_path={demo_base}", "model.device=cpu",
+               f"data.train={data}", "data.eval_fraction=0.2", "train.max_steps=2", "train.batch_size=4",
+               f"run.output_dir={out}", "run.progress=false", "run.threads=1"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-2000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["num_processes"] == 2 and summary["steps"] == 2
