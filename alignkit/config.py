@@ -484,6 +484,21 @@ class GRPOSection(Section):
         return (self.clip_low if self.clip_low is not None else low, self.clip_high if self.clip_high is not None else high)
 
 
+def _rl_defaults(recipe: str, batch_size: int) -> dict[str, dict[str, Any]]:
+    """PPO's and GRPO's shared-section defaults: the demo SFT policy on the demo prompts, lr 1e-6, 100 steps."""
+    return {"model": {"name_or_path": "demo:sft"},
+            "data": {"train": "demo:prompts", "eval": "demo:prompts_eval", "max_length": 256},
+            "train": {"lr": 1e-6, "batch_size": batch_size, "warmup_ratio": 0.0, "max_steps": 100},
+            "run": {"output_dir": f"runs/{recipe}-{{time}}"}}
+
+
+RL_REFUSED = {"data.packing": "packing is for SFT; rollouts are laid out by the sampler",
+              "data.loss_on": "the loss covers the sampled response",
+              "train.grad_accum": "an RL step is one rollout batch; bound memory with the algorithm's micro_batch_size",
+              "data.duplicates": "a repeated prompt is simply sampled again; prompt data is not checked for repeats",
+              "run.sample_max_new_tokens": "RL samples are the rollouts themselves (sampling.max_new_tokens)"}
+
+
 def _demo_rewards() -> list[RewardSource]:
     return [RewardSource(builtin="demo_gold")]
 
@@ -491,15 +506,8 @@ def _demo_rewards() -> list[RewardSource]:
 class GRPOConfig(RecipeConfig):
     """Group-relative policy optimisation (GRPO, GSPO, Dr.GRPO, DAPO options, RLOO, REINFORCE++) on prompt-only data."""
 
-    DEFAULTS = {"model": {"name_or_path": "demo:sft"},
-                "data": {"train": "demo:prompts", "eval": "demo:prompts_eval", "max_length": 256},
-                "train": {"lr": 1e-6, "batch_size": 8, "warmup_ratio": 0.0, "max_steps": 100},
-                "run": {"output_dir": "runs/grpo-{time}"}}
-    REFUSED = {"data.packing": "packing is for SFT; rollouts are laid out by the sampler",
-               "data.loss_on": "the loss covers the sampled response",
-               "train.grad_accum": "an RL step is one rollout batch; bound memory with the algorithm's micro_batch_size",
-               "data.duplicates": "a repeated prompt is simply sampled again; prompt data is not checked for repeats",
-               "run.sample_max_new_tokens": "RL samples are the rollouts themselves (sampling.max_new_tokens)"}
+    DEFAULTS = _rl_defaults("grpo", batch_size=8)
+    REFUSED = RL_REFUSED
     sampling: SamplingSection = Field(default_factory=SamplingSection, description="rollout sampling")
     grpo: GRPOSection = Field(default_factory=GRPOSection, description="the algorithm")
     rewards: list[RewardSource] = Field(default_factory=_demo_rewards, description="reward sources, summed with their weights")
@@ -539,15 +547,8 @@ class PPOSection(Section):
 class PPOConfig(RecipeConfig):
     """PPO with a critic (InstructGPT-style RLHF): actor, critic, frozen reference, frozen reward."""
 
-    DEFAULTS = {"model": {"name_or_path": "demo:sft"},
-                "data": {"train": "demo:prompts", "eval": "demo:prompts_eval", "max_length": 256},
-                "train": {"lr": 1e-6, "batch_size": 16, "warmup_ratio": 0.0, "max_steps": 100},
-                "run": {"output_dir": "runs/ppo-{time}"}}
-    REFUSED = {"data.packing": "packing is for SFT; rollouts are laid out by the sampler",
-               "data.loss_on": "the loss covers the sampled response",
-               "train.grad_accum": "an RL step is one rollout batch; bound memory with the algorithm's micro_batch_size",
-               "data.duplicates": "a repeated prompt is simply sampled again; prompt data is not checked for repeats",
-               "run.sample_max_new_tokens": "RL samples are the rollouts themselves (sampling.max_new_tokens)"}
+    DEFAULTS = _rl_defaults("ppo", batch_size=16)
+    REFUSED = RL_REFUSED
     sampling: SamplingSection = Field(default_factory=SamplingSection, description="rollout sampling")
     ppo: PPOSection = Field(default_factory=PPOSection, description="the algorithm")
     rewards: list[RewardSource] = Field(default_factory=lambda: [RewardSource(reward_model="demo:rm")], description="reward sources (a reward model, Python functions), summed with weights")

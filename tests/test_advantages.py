@@ -96,3 +96,15 @@ def test_running_moments_match_the_whole_stream():
     assert again.mean == pytest.approx(stream.mean().item(), rel=1e-5)
     assert again.std == pytest.approx(stream.std().item(), rel=1e-5)
     assert_close(again.normalise(stream), (stream - stream.mean()) / stream.std(), rtol=1e-4, atol=1e-5)
+
+
+def test_reinforce_pp_std_is_over_the_kept_rows_only():
+    # two groups of 2: [1, 3] and [5, 5]; centred: [-1, 1, 0, 0]. The flat group is dropped (dynamic sampling):
+    # its zeros must not shrink the std. Over the kept rows [-1, 1] the unbiased std is sqrt(2).
+    scores = torch.tensor([1.0, 3.0, 5.0, 5.0])
+    keep = torch.tensor([True, True, False, False])
+    s = 2.0**0.5
+    assert_close(reinforce_pp(scores, 2, 0.0, keep), torch.tensor([-1 / s, 1 / s, 0.0, 0.0]))
+    # with every row kept the std is over all four: sqrt(2/3)
+    t = (2.0 / 3.0) ** 0.5
+    assert_close(reinforce_pp(scores, 2, 0.0), torch.tensor([-1 / t, 1 / t, 0.0, 0.0]))

@@ -70,9 +70,8 @@ def leaf_fields(cfg: Section) -> set[tuple[str, str]]:
     return out
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("recipe", list(VARIANTS))
-def test_every_field_is_read_or_refused(recipe, tmp_path, monkeypatch, demo_sft, demo_rm):
+def run_recording(cfg: Section, recipe: str, monkeypatch) -> set[tuple[str, str]]:
+    """Run ``recipe`` on ``cfg``; the (section class, field) pairs it read."""
     reads: set[tuple[str, str]] = set()
     original = Section.__getattribute__
 
@@ -81,13 +80,22 @@ def test_every_field_is_read_or_refused(recipe, tmp_path, monkeypatch, demo_sft,
             reads.add((type(self).__name__, name))
         return original(self, name)
 
-    fields = set()
+    monkeypatch.setattr(Section, "__getattribute__", recording)
+    try:
+        RECIPES[recipe].train(cfg, None)
+    finally:
+        monkeypatch.setattr(Section, "__getattribute__", original)
+    return reads
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("recipe", list(VARIANTS))
+def test_every_field_is_read_or_refused(recipe, tmp_path, monkeypatch, demo_sft, demo_rm):
+    fields, reads = set(), set()
     for i, variant in enumerate([{}, *VARIANTS[recipe]]):
         cfg = config(recipe, tmp_path / f"v{i}", variant)
         fields |= leaf_fields(cfg)
-        monkeypatch.setattr(Section, "__getattribute__", recording)
-        RECIPES[recipe].train(cfg, None)
-        monkeypatch.setattr(Section, "__getattribute__", original)
+        reads |= run_recording(cfg, recipe, monkeypatch)
     spec = RECIPES[recipe].config
     refused = {(type(getattr(cfg, key.split(".")[0])).__name__, key.split(".")[1]) for key in spec.REFUSED}
     unread = sorted(fields - reads - refused)
@@ -97,18 +105,8 @@ def test_every_field_is_read_or_refused(recipe, tmp_path, monkeypatch, demo_sft,
 def test_eval_config_fields_are_read_or_refused(tmp_path, monkeypatch, demo_rm):
     from alignkit.config import EvalConfig
 
-    reads: set[tuple[str, str]] = set()
-    original = Section.__getattribute__
-
-    def recording(self, name):
-        if name in type(self).model_fields:
-            reads.add((type(self).__name__, name))
-        return original(self, name)
-
     cfg = load_config(EvalConfig, None, [f"run.output_dir={tmp_path / 'eval'}", "run.threads=1"])
-    monkeypatch.setattr(Section, "__getattribute__", recording)
-    RECIPES["eval"].train(cfg, None)
-    monkeypatch.setattr(Section, "__getattribute__", original)
+    reads = run_recording(cfg, "eval", monkeypatch)
     refused = {(type(getattr(cfg, key.split(".")[0])).__name__, key.split(".")[1]) for key in EvalConfig.REFUSED}
     assert not sorted(leaf_fields(cfg) - reads - refused)
 
