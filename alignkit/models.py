@@ -252,12 +252,14 @@ class Reference:
             with self.autocast():
                 yield self.model
             return
+        # the adapter is switched off on the inner peft model, but the forward goes through the wrapper (DDP,
+        # FSDP): under FSDP only the wrapper's forward gathers the sharded parameters
         policy = getattr(self.policy, "module", self.policy)
         was_training = policy.training
         policy.eval()
         try:
             with policy.disable_adapter(), self.autocast():
-                yield policy
+                yield self.policy
         finally:
             policy.train(was_training)
 
