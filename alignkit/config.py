@@ -84,7 +84,7 @@ class RunConfig(Section):
     eval_every: int = Field(0, ge=0, description="evaluate every N steps; 0 = only at the end")
     save_every: int = Field(0, ge=0, description="checkpoint every N steps; 0 = only at the end")
     keep_checkpoints: int = Field(2, ge=1, description="how many step checkpoints to keep (oldest deleted first)")
-    sample_every: int = Field(0, ge=0, description="write sample generations every N steps; 0 = only at the end")
+    sample_every: int = Field(0, ge=0, description="write sample generations every N steps, and at the end; 0 = only at the end (RL: the step's rollouts)")
     num_samples: int = Field(4, ge=0, description="eval prompts to generate for in each sample round")
     sample_max_new_tokens: int = Field(64, ge=1, description="token budget of each sample generation")
     threads: int = Field(0, ge=0, description="CPU threads for torch; 0 = torch's default")
@@ -102,6 +102,14 @@ class RecipeConfig(Section):
 
     DEFAULTS: ClassVar[dict[str, dict[str, Any]]] = {}
     REFUSED: ClassVar[dict[str, str]] = {}
+    # fields that act only under another setting: (key, does it act here?, what it needs); set otherwise, an error
+    INACTIVE: ClassVar[list[tuple[str, Any, str]]] = [
+        *((f"model.{k}", lambda c: c.model.adapter != "none", "it needs model.adapter = lora or qlora")
+          for k in ("lora_r", "lora_alpha", "lora_dropout", "lora_target_modules")),
+        ("train.epochs", lambda c: c.train.max_steps == 0, "train.max_steps > 0 sets the run's length"),
+        ("train.warmup_ratio", lambda c: c.train.warmup_steps == 0, "train.warmup_steps > 0 overrides it"),
+        ("data.eval_fraction", lambda c: c.data.eval is None, "data.eval is given, so nothing is split off"),
+    ]
 
     model: ModelConfig = Field(default_factory=ModelConfig, description="the model to train")
     data: DataConfig = Field(default_factory=DataConfig, description="training and eval data")
@@ -113,7 +121,9 @@ class RecipeConfig(Section):
     def _recipe_defaults(cls, data: Any) -> Any:
         if not isinstance(data, dict):
             return data
-        return deep_merge(cls.DEFAULTS, {k: v.model_dump() if isinstance(v, Section) else v for k, v in data.items()})
+        # a section passed as an object keeps only what was set on it: the recipe's defaults fill the rest
+        return deep_merge(cls.DEFAULTS, {k: v.model_dump(exclude_unset=True) if isinstance(v, Section) else v
+                                         for k, v in data.items()})
 
     @model_validator(mode="after")
     def _honest(self) -> RecipeConfig:
@@ -124,15 +134,30 @@ class RecipeConfig(Section):
 
 
 def refuse_unused(cfg: Section) -> None:
-    """Raise when a field the recipe does not use (``REFUSED``) is set to anything but the recipe's default."""
-    defaults = getattr(cfg, "DEFAULTS", {})
+    """Raise when a field the recipe does not use (``REFUSED``), or one that does nothing under the rest of the
+    config (``INACTIVE``), is set to anything but the recipe's default."""
     for key, why in getattr(cfg, "REFUSED", {}).items():
-        section, name = key.split(".")
-        value = getattr(getattr(cfg, section), name)
-        field = type(cfg).model_fields[section]
-        default = defaults.get(section, {}).get(name, field.annotation.model_fields[name].get_default(call_default_factory=True))
-        if value != default:
+        value = _value_at(cfg, key)
+        if value != _default_at(cfg, key):
             raise ValueError(f"{key} = {value!r} is not used by this recipe: {why}")
+    for key, acts, needs in getattr(cfg, "INACTIVE", []):
+        value = _value_at(cfg, key)
+        if value != _default_at(cfg, key) and not acts(cfg):
+            raise ValueError(f"{key} = {value!r} has no effect here: {needs}")
+
+
+def _value_at(cfg: Section, key: str) -> Any:
+    section, name = key.split(".")
+    return getattr(getattr(cfg, section), name)
+
+
+def _default_at(cfg: Section, key: str) -> Any:
+    """The recipe's default of a dotted key: its DEFAULTS entry, else the section class's own default."""
+    section, name = key.split(".")
+    given = getattr(cfg, "DEFAULTS", {}).get(section, {})
+    if name in given:
+        return given[name]
+    return type(getattr(cfg, section)).model_fields[name].get_default(call_default_factory=True)
 
 
 class SFTConfig(RecipeConfig):
@@ -194,7 +219,10 @@ def read_yaml(path: str | Path) -> tuple[dict[str, Any], yaml.Node | None]:
         node = yaml.compose(text)
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path} line {mark.line + 1} column {mark.column + 1}" if mark is not None else str(path)
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{where}: not valid YAML ({problem})") from None
     if data is None:
         return {}, None
     if not isinstance(data, dict):
@@ -324,6 +352,10 @@ class DPOConfig(RecipeConfig):
                 "train": {"lr": 5e-7, "warmup_ratio": 0.1}, "run": {"output_dir": "runs/dpo-{time}"}}
     REFUSED = {"data.packing": "packing is for SFT; pairs are scored as whole sequences",
                "data.loss_on": "the loss covers the response after the prompt (every turn of a multi-turn response)"}
+    INACTIVE = [*RecipeConfig.INACTIVE,
+                ("dpo.simpo_gamma", lambda c: c.dpo.loss == "simpo", "it is SimPO's margin (dpo.loss = simpo)"),
+                *((f"dpo.{k}", lambda c: c.dpo.loss not in ("simpo", "orpo"), "SimPO and ORPO use no reference")
+                  for k in ("reference", "reference_model"))]
     dpo: DPOSection = Field(default_factory=DPOSection, description="the preference loss and its reference")
 
 
@@ -508,6 +540,8 @@ class GRPOConfig(RecipeConfig):
 
     DEFAULTS = _rl_defaults("grpo", batch_size=8)
     REFUSED = RL_REFUSED
+    INACTIVE = [*RecipeConfig.INACTIVE,
+                ("grpo.kl_estimator", lambda c: c.grpo.beta > 0, "the KL term is off (grpo.beta = 0)")]
     sampling: SamplingSection = Field(default_factory=SamplingSection, description="rollout sampling")
     grpo: GRPOSection = Field(default_factory=GRPOSection, description="the algorithm")
     rewards: list[RewardSource] = Field(default_factory=_demo_rewards, description="reward sources, summed with their weights")
@@ -549,6 +583,11 @@ class PPOConfig(RecipeConfig):
 
     DEFAULTS = _rl_defaults("ppo", batch_size=16)
     REFUSED = RL_REFUSED
+    INACTIVE = [*RecipeConfig.INACTIVE,
+                ("ppo.vf_coef", lambda c: c.ppo.critic == "shared", "it weighs a shared critic's value loss"),
+                ("ppo.critic_model", lambda c: c.ppo.critic == "separate", "a shared critic is the actor's backbone"),
+                *((f"ppo.{k}", lambda c: c.ppo.adaptive_kl, "it tunes the adaptive KL controller (ppo.adaptive_kl)")
+                  for k in ("kl_target", "kl_horizon"))]
     sampling: SamplingSection = Field(default_factory=SamplingSection, description="rollout sampling")
     ppo: PPOSection = Field(default_factory=PPOSection, description="the algorithm")
     rewards: list[RewardSource] = Field(default_factory=lambda: [RewardSource(reward_model="demo:rm")], description="reward sources (a reward model, Python functions), summed with weights")

@@ -23,8 +23,11 @@ def aggregate(values: Tensor, mask: Tensor, denominator: float | Tensor, mode: s
 
     values, mask: (B, T) per-token, or (B,) per-sequence with mask (B,) of ones.
     denominator: ``step_denominator(...)`` computed over every micro-batch (and rank) of the optimizer step.
-    Summing ``aggregate`` over the micro-batches of a step gives the step's mean loss exactly.
+    Summing ``aggregate`` over the micro-batches of a step gives the step's mean loss exactly. A step with nothing
+    to count (every row dropped) has a zero numerator: the denominator is clamped to 1 here, after the counts of
+    every rank are summed, never per rank (which would shrink the loss when one rank has nothing).
     """
+    denominator = denominator.clamp(min=1) if isinstance(denominator, Tensor) else max(denominator, 1)
     return AGGREGATIONS[mode](values, mask) / denominator
 
 
@@ -53,10 +56,9 @@ def step_denominator(masks: list[Tensor], mode: str = "token_mean", constant_len
     because DDP averages gradients over ranks.
     """
     if mode == "token_mean":
-        return sum(m.sum() for m in masks).clamp(min=1).float()
+        return torch.as_tensor(sum(m.sum() for m in masks)).float()
     # a row with no valid token (dropped by dynamic sampling, a masked truncation) is not a sequence of the step
     sequences = torch.tensor(float(sum(int((m.sum(-1) > 0).sum()) if m.dim() == 2 else m.shape[0] for m in masks)))
-    sequences = sequences.clamp(min=1)
     return sequences * constant_length if mode == "seq_mean_token_sum" else sequences
 
 

@@ -52,13 +52,15 @@ class RowSampler:
         self.params = params
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-        probs = sampling_probs(scores, self.params)
-        # one uniform per row per token, from the row's own stream; scaled by the row's total so rounding in the
-        # cumulative sum can never select a zero-probability token
+        probs = sampling_probs(scores, self.params).double()
+        # one uniform per row per token, from the row's own stream, scaled by the row's total and searched in
+        # float64; the choice is capped at the last token with probability > 0, so rounding at the top of the
+        # cumulative sum can never pick a token that top-k / top-p removed
         cdf = probs.cumsum(-1)
-        u = torch.stack([torch.rand((), generator=g, dtype=torch.float64) for g in self.generators])
-        target = (u.to(cdf.device) * cdf[:, -1].double()).to(cdf.dtype).unsqueeze(-1)
-        choice = torch.searchsorted(cdf, target, right=True).clamp(max=scores.shape[-1] - 1)
+        u = torch.stack([torch.rand((), generator=g, dtype=torch.float64) for g in self.generators]).to(cdf.device)
+        choice = torch.searchsorted(cdf, (u * cdf[:, -1]).unsqueeze(-1), right=True)
+        last_possible = (probs > 0).long().cumsum(-1).argmax(-1, keepdim=True)
+        choice = torch.minimum(choice, last_possible)
         return torch.full_like(scores, float("-inf")).scatter_(1, choice, 0.0)
 
 
@@ -71,7 +73,7 @@ def sampling_probs(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor
     if params.top_p < 1.0:
         ordered, order = logits.sort(dim=-1, descending=True)
         probs = ordered.softmax(-1)
-        outside = probs.cumsum(-1) - probs > params.top_p  # the most likely token is always kept
+        outside = probs.cumsum(-1) - probs >= params.top_p  # the smallest set with mass >= top_p (as HF); never empty
         logits = logits.scatter(1, order, ordered.masked_fill(outside, float("-inf")))
     return logits.softmax(-1)
 

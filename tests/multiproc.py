@@ -40,7 +40,13 @@ def _child(recipe: str, cfg: dict, resume: str | None, env: dict, kill_at: tuple
     from alignkit.config import validate
 
     spec = CLI_RECIPES[recipe]
-    spec.train(validate(spec.config, cfg), resume)
+    try:
+        spec.train(validate(spec.config, cfg), resume)
+    except Exception as exc:  # for the parent to read; the exit code says only that it failed
+        if os.environ.get("ALIGNKIT_CHILD_ERRORS"):
+            error_file = Path(os.environ["ALIGNKIT_CHILD_ERRORS"]) / f"rank-{os.environ.get('RANK', '0')}.txt"
+            error_file.write_text(f"{type(exc).__name__}: {exc}")
+        raise
 
 
 def arm_kill(where: str, step: int) -> None:
@@ -120,12 +126,14 @@ def run_child(recipe: str, cfg: dict, resume: str | None = None, kill_at: tuple 
     return proc.exitcode
 
 
-def run_processes(recipe: str, cfg: dict, world: int, timeout: float = 600) -> list[int]:
-    """The same run on ``world`` CPU processes (gloo over loopback); returns their exit codes."""
+def run_processes(recipe: str, cfg: dict, world: int, timeout: float = 600, errors: Path | None = None) -> list[int]:
+    """The same run on ``world`` CPU processes (gloo over loopback); returns their exit codes. With ``errors`` (a
+    folder) a failing process writes its exception there, as rank-N.txt."""
     port = free_port()
     procs = []
     for rank in range(world):
         env = {"ALIGNKIT_DEMO_DIR": os.environ["ALIGNKIT_DEMO_DIR"], "ACCELERATE_USE_CPU": "true",
+               "ALIGNKIT_CHILD_ERRORS": str(errors or ""),
                "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": str(rank), "LOCAL_RANK": str(rank),
                "WORLD_SIZE": str(world), "LOCAL_WORLD_SIZE": str(world)}
         proc = _CTX.Process(target=_child, args=(recipe, cfg, None, env, None))

@@ -124,6 +124,37 @@ def test_a_refused_field_set_is_an_error_naming_the_reason(recipe, key, value, r
     assert f"{key} = " in str(err.value) and "is not used by this recipe" in str(err.value) and reason in str(err.value)
 
 
+@pytest.mark.parametrize("recipe, key, value, needs", [
+    ("sft", "model.lora_r", "8", "model.adapter = lora or qlora"),
+    ("sft", "train.epochs", "3", "train.max_steps > 0"),
+    ("dpo", "train.warmup_ratio", "0.2", "warmup_steps > 0 overrides it"),
+    ("grpo", "data.eval_fraction", "0.1", "data.eval is given"),
+    ("grpo", "grpo.kl_estimator", "k2", "grpo.beta = 0"),
+    ("ppo", "ppo.vf_coef", "0.5", "shared critic"),
+    ("ppo", "ppo.kl_horizon", "500", "ppo.adaptive_kl"),
+    ("dpo", "dpo.simpo_gamma", "1.0", "dpo.loss = simpo"),
+])
+def test_a_field_that_does_nothing_under_the_rest_of_the_config_is_refused(recipe, key, value, needs):
+    extra = {"train.warmup_ratio": ["train.max_steps=10", "train.warmup_steps=3"],
+             "train.epochs": ["train.max_steps=10"]}.get(key, [])
+    with pytest.raises(ConfigError) as err:
+        load_config(RECIPES[recipe].config, None, [*extra, f"{key}={value}"])
+    assert f"{key} = " in str(err.value) and "has no effect here" in str(err.value) and needs in str(err.value)
+    # and where it acts, it is accepted
+    acting = {"model.lora_r": ["model.adapter=lora"], "train.epochs": ["train.max_steps=0"],
+              "train.warmup_ratio": ["train.warmup_steps=0"], "data.eval_fraction": ["data.eval=null"],
+              "grpo.kl_estimator": ["grpo.beta=0.1"], "ppo.vf_coef": ["ppo.critic=shared"],
+              "ppo.kl_horizon": ["ppo.adaptive_kl=true"], "dpo.simpo_gamma": ["dpo.loss=simpo"]}[key]
+    load_config(RECIPES[recipe].config, None, [*acting, f"{key}={value}"])
+
+
+def test_a_section_given_as_an_object_keeps_the_recipes_other_defaults():
+    from alignkit.config import GRPOConfig, TrainConfig
+
+    cfg = GRPOConfig(train=TrainConfig(max_steps=5))
+    assert cfg.train.max_steps == 5 and cfg.train.lr == 1e-6  # GRPO's lr, not TrainConfig's 2e-5
+
+
 def test_k1_is_refused_as_a_kl_loss_term_with_the_reason():
     with pytest.raises(ConfigError, match="grpo.kl_estimator = k1 cannot be a KL loss term: E\\[grad log pi\\] = 0"):
         load_config(RECIPES["grpo"].config, None, ["grpo.kl_estimator=k1"])
@@ -164,6 +195,5 @@ def test_the_shared_sections_are_declared_once():
         assert issubclass(recipe.config, RecipeConfig)
         own = set(recipe.config.model_fields) - set(RecipeConfig.model_fields)
         assert not own & {"model", "data", "train", "run"}
-        assert recipe.config.model_fields["train"] is not None
         for section in ("model", "data", "train", "run"):  # inherited, not re-declared
             assert section not in recipe.config.__annotations__

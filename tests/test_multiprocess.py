@@ -68,5 +68,8 @@ def test_a_batch_that_does_not_split_over_the_processes_is_refused(tmp_path, dem
     from alignkit.demo.run import stage_config
 
     cfg = stage_config("sft", tmp_path / "run", fast=True, train={"batch_size": 7}).model_dump(mode="json")
-    assert run_processes("sft", cfg, world=2) == [1, 1]  # both stop before any work, with the ConfigError
+    assert run_processes("sft", cfg, world=2, errors=tmp_path) == [1, 1]  # both stop before any work
+    expected = ("ConfigError: train.batch_size = 7 does not divide over 2 processes: batch sizes count over all "
+                "processes (each takes train.batch_size / 2); use a multiple of 2")
+    assert [(tmp_path / f"rank-{r}.txt").read_text() for r in (0, 1)] == [expected, expected]
     assert not (tmp_path / "run" / "checkpoints").exists()

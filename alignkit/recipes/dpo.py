@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import math
 import time
-from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -37,7 +36,15 @@ from ..models import (
     reference_cache,
 )
 from ..ops import sequence_logps
-from .runtime import finish_run, prepare_training, sample_rows, save_final, start_run, step_indices
+from .runtime import (
+    finish_run,
+    micro_step,
+    prepare_training,
+    sample_rows,
+    save_final,
+    start_run,
+    step_indices,
+)
 
 REFERENCE_CACHE = "reference_logps.pt"
 
@@ -181,7 +188,7 @@ def train(cfg: DPOConfig, resume: str | bool | None = None) -> dict:
         # 2. forward chosen+rejected together, loss per pair, backward
         sums: dict[str, torch.Tensor] = {}
         for i, batch in enumerate(micro):
-            with acc.no_sync(model) if i < len(micro) - 1 else nullcontext():
+            with micro_step(acc, model, last=i == len(micro) - 1):
                 loss, stats = pair_loss(cfg, model, batch, reference_for(cache, "train", reference, batch))
                 ones = torch.ones_like(loss)
                 acc.backward(aggregate(loss, ones, denominator, "seq_mean_token_mean") * acc.num_processes)

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import math
 import time
-from contextlib import nullcontext
 
 import torch
 
@@ -43,7 +42,7 @@ from .rl import (
     sampling_params,
     tokenize_prompts,
 )
-from .runtime import finish_run, prepare_training, save_final, start_run, step_indices
+from .runtime import finish_run, micro_step, prepare_training, save_final, start_run, step_indices
 
 
 def update(run, step: int, cfg: GRPOConfig, model, optimizer, batch, advantages, mask, old_logps, ref_logps,
@@ -59,7 +58,7 @@ def update(run, step: int, cfg: GRPOConfig, model, optimizer, batch, advantages,
     for _ in range(mu):
         pass_loss = torch.zeros((), device=acc.device)
         for i, chunk in enumerate(chunks):
-            with acc.no_sync(model) if i < len(chunks) - 1 else nullcontext():
+            with micro_step(acc, model, last=i == len(chunks) - 1):
                 sub, sub_mask = batch.select(chunk), mask[chunk]
                 logps, entropy = response_logps(model, sub, temperature, with_entropy=True)
                 old = old_logps[chunk] if old_logps is not None else logps.detach()
@@ -184,7 +183,7 @@ def train(cfg: GRPOConfig, resume: str | bool | None = None) -> dict:
                 metrics["kl/per_token"] = totals["kl"] / n_tokens
             run.log.log(step, metrics)
             bar.set_postfix(reward=f"{scores.mean().item():.3f}")
-        if cfg.run.sample_every and step % cfg.run.sample_every == 0:
+        if (cfg.run.sample_every and step % cfg.run.sample_every == 0) or step == steps:
             run.log.add_samples(step, [{"prompt": e.prompt[-1].content, "response": x.text, "reward": s.item()}
                                        for e, x, s in zip(examples, gens, scores[mine])][: cfg.run.num_samples])
         if cfg.run.eval_every and step % cfg.run.eval_every == 0 and step != steps:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import math
 import time
-from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -36,7 +35,15 @@ from ..models import (
     reference_cache,
 )
 from ..ops import sequence_logps
-from .runtime import finish_run, prepare_training, sample_rows, save_final, start_run, step_indices
+from .runtime import (
+    finish_run,
+    micro_step,
+    prepare_training,
+    sample_rows,
+    save_final,
+    start_run,
+    step_indices,
+)
 
 REFERENCE_CACHE = "reference_logps.pt"
 
@@ -182,7 +189,7 @@ def train(cfg: KTOConfig, resume: str | bool | None = None) -> dict:
         # 2. forward, KTO loss per example, backward
         sums: dict[str, torch.Tensor] = {}
         for i, batch in enumerate(micro):
-            with acc.no_sync(model) if i < len(micro) - 1 else nullcontext():
+            with micro_step(acc, model, last=i == len(micro) - 1):
                 logps = policy_logps(model, batch)
                 desirable = scorer.desirable("train", batch)
                 loss, stats = kto_loss(logps, scorer.reference_logps("train", batch), desirable, kl_ref,

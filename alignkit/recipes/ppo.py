@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import math
 import time
-from contextlib import nullcontext
 
 import torch
 
@@ -60,6 +59,7 @@ from .rl import (
 )
 from .runtime import (
     finish_run,
+    micro_step,
     prepare_model,
     require_divisible,
     save_final,
@@ -93,7 +93,7 @@ def load_critic(cfg: PPOConfig, actor, tokenizer, device, num_processes: int):
 
 def score(cfg: PPOConfig, acc, rewards: RewardSet, examples, gens, moments: RunningMoments):
     """The whole batch's sequence scores (every process's rows, gathered): reward sources, penalties,
-    normalisation, clipping. Returns (scores (B,), per-source raw scores, response lengths (B,), finished (B,))."""
+    normalisation, clipping. Returns (scores (B,), {source: raw scores (B,)})."""
     p = cfg.ppo
     local, local_parts = rewards([e.prompt for e in examples], [g.text for g in gens], fields_of(examples))
     scores = gather_rows(acc, local.to(acc.device))
@@ -129,8 +129,7 @@ def update(run, step: int, cfg: PPOConfig, models, optimizers, schedulers, batch
             losses = torch.zeros(2, device=acc.device)
             for i, rows in enumerate(micro):
                 sub, sub_mask = batch.select(rows), mask[rows]
-                last = i == len(micro) - 1
-                with nullcontext() if last else acc.no_sync(actor), nullcontext() if last else acc.no_sync(critic):
+                with micro_step(acc, actor, critic, last=i == len(micro) - 1):
                     stats: dict[str, torch.Tensor] = {}
                     if train_actor:
                         logps, entropy = response_logps(actor, sub, temperature, with_entropy=True)
@@ -158,9 +157,10 @@ def update(run, step: int, cfg: PPOConfig, models, optimizers, schedulers, batch
             if run.step_is_finite(step, {"policy loss": losses[0], "value loss": losses[1], **grads}):
                 for optimizer, _ in trained:
                     optimizer.step()
-            for optimizer, scheduler in trained:
+            for _, scheduler in trained:
                 scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
+            for optimizer in optimizers:  # also during the critic's warm-up: a shared critic's value loss reaches
+                optimizer.zero_grad(set_to_none=True)  # the actor's backbone, and must not pile up there
             glob.update({"policy_loss": glob["policy_loss"] + losses[0].item(), "updates": glob["updates"] + 1,
                          "value_loss": glob["value_loss"] + losses[1].item(), **{k: float(v) for k, v in grads.items()}})
     return sums, glob
@@ -281,7 +281,7 @@ def train(cfg: PPOConfig, resume: str | bool | None = None) -> dict:
                                 "grad_norm/actor": glob["grad_norm/actor"]})
             run.log.log(step, metrics)
             bar.set_postfix(score=f"{scores.mean().item():.3f}", kl=f"{seq_kl:.2f}")
-        if cfg.run.sample_every and step % cfg.run.sample_every == 0:
+        if (cfg.run.sample_every and step % cfg.run.sample_every == 0) or step == steps:
             run.log.add_samples(step, [{"prompt": e.prompt[-1].content, "response": g.text, "score": s.item(),
                                         "kl": k.item()} for e, g, s, k in zip(examples, gens, scores[mine], kl.sum(-1)[mine])][: cfg.run.num_samples])
         if cfg.run.eval_every and step % cfg.run.eval_every == 0 and step != steps:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import math
 import time
-from contextlib import nullcontext
 
 import torch
 
@@ -35,7 +34,7 @@ from ..models import (
     token_values,
 )
 from ..ops import gather_last
-from .runtime import finish_run, prepare_training, save_final, start_run, step_indices
+from .runtime import finish_run, micro_step, prepare_training, save_final, start_run, step_indices
 
 READY_ACCURACY = 0.7  # the field's rule of thumb (our seed texts): below this an RM is not ready for PPO
 
@@ -136,7 +135,7 @@ def train(cfg: RMConfig, resume: str | bool | None = None) -> dict:
         # 2. score every response once, loss per list, backward
         sums: dict[str, torch.Tensor] = {}
         for i, batch in enumerate(micro):
-            with acc.no_sync(model) if i < len(micro) - 1 else nullcontext():
+            with micro_step(acc, model, last=i == len(micro) - 1):
                 rewards, valid = list_rewards(model, batch)
                 loss, stats = list_loss(cfg, rewards, valid, batch.margin)
                 acc.backward(aggregate(loss, torch.ones_like(loss), denominator, "seq_mean_token_mean")

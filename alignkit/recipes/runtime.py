@@ -47,7 +47,7 @@ class Run:
         last checkpoint intact; with ``skip`` the step is skipped (the caller drops its gradients) and counted.
         Every rank sees the same global loss and gradient norm, so they all decide alike.
         """
-        bad = {k: float(v) for k, v in quantities.items() if not math.isfinite(float(v))}
+        bad = {k: float(v) for k, v in quantities.items() if v is not None and not math.isfinite(float(v))}
         if not bad:
             return True
         what = ", ".join(f"{k} = {v}" for k, v in bad.items())
@@ -238,6 +238,21 @@ def prepare_training(run: Run, model, train: TrainConfig, n_rows: int):
     return model, optimizer, scheduler, steps, run.restore()["step"]
 
 
+@contextlib.contextmanager
+def micro_step(acc, *models, last: bool):
+    """One micro-batch's forward and backward inside an optimizer step. Gradients are synchronised across
+    processes only on the ``last`` one: DDP / FSDP skip their all-reduce under ``no_sync``; a DeepSpeed engine,
+    which steps inside ``accelerator.backward`` whenever gradients sync, is told not to until the last."""
+    with contextlib.ExitStack() as stack:
+        if acc.distributed_type.name == "DEEPSPEED":
+            acc.gradient_state._set_sync_gradients(last)
+            stack.callback(acc.gradient_state._set_sync_gradients, True)
+        elif not last:
+            for model in models:
+                stack.enter_context(acc.no_sync(model))
+        yield
+
+
 def is_sharded(acc) -> bool:
     """FSDP or DeepSpeed ZeRO-3: no process holds whole weights outside a gathering context."""
     if acc.distributed_type.name == "FSDP":
@@ -250,14 +265,18 @@ def is_sharded(acc) -> bool:
 def generation_model(acc, model):
     """The module to call ``generate`` on, its weights whole for the duration.
 
-    DDP or one process: the unwrapped module. FSDP (v1): the root's parameters are gathered (inner units gather
-    their own in forward). DeepSpeed ZeRO-3: every parameter is gathered, as TRL does for its ZeRO-3 rollouts.
+    DDP or one process: the unwrapped module. FSDP v1: the root unit's parameters are summoned (inner units gather
+    their own in forward); FSDP v2 (``fully_shard``): the model itself, whose sharded modules gather in their own
+    forward hooks. DeepSpeed ZeRO-3: every parameter is gathered, as TRL does for its ZeRO-3 rollouts.
     """
-    if acc.distributed_type.name == "FSDP" and hasattr(model, "module"):
-        from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+    if acc.distributed_type.name == "FSDP":
+        if hasattr(model, "module"):
+            from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
 
-        with FSDP.summon_full_params(model, recurse=False, writeback=False):
-            yield model.module
+            with FSDP.summon_full_params(model, recurse=False, writeback=False):
+                yield model.module
+        else:
+            yield model
     elif is_sharded(acc):
         import deepspeed
 

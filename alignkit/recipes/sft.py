@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import math
 import time
-from contextlib import nullcontext
 
 import torch
 
@@ -26,7 +25,15 @@ from ..data.prepare import load_split, tokenize_sft
 from ..losses import aggregate, sft_loss, step_denominator
 from ..models import count_parameters, load_causal_lm, load_tokenizer
 from ..ops import forward_token_logps
-from .runtime import finish_run, prepare_training, sample_rows, save_final, start_run, step_indices
+from .runtime import (
+    finish_run,
+    micro_step,
+    prepare_training,
+    sample_rows,
+    save_final,
+    start_run,
+    step_indices,
+)
 
 
 def sft_step_loss(model, batch: SFTBatch, denominator: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -97,8 +104,7 @@ def train(cfg: SFTConfig, resume: str | bool | None = None) -> dict:
         # 2. forward / backward each micro-batch; gradients sync only on the last one
         nll_sum = torch.zeros((), device=acc.device)
         for i, batch in enumerate(micro):
-            sync = acc.no_sync(model) if i < len(micro) - 1 else nullcontext()
-            with sync:
+            with micro_step(acc, model, last=i == len(micro) - 1):
                 loss, nll = sft_step_loss(model, batch, denominator)
                 acc.backward(loss * acc.num_processes)  # DDP averages gradients over ranks; undo that
             nll_sum += nll
