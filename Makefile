@@ -28,6 +28,9 @@ demo: $(VENV)/.installed
 test: $(VENV)/.installed-dev
 	$(PY) -m pytest -q -p no:cacheprovider tests
 
+bench: $(VENV)/.installed
+	$(PY) bench/vs_trl.py
+
 lint: $(VENV)/.installed-dev
 	$(VENV)/bin/ruff check alignkit tests bench
 

@@ -30,11 +30,12 @@ def _move(value, device):
 class SequenceBatch:
     """Whole sequences scored by their summed response log-probs (DPO: chosen rows then rejected rows; KTO)."""
 
-    input_ids: Tensor  # (N, L) prompt + response ids, right-padded
-    attention_mask: Tensor  # (N, L) 1 on real tokens
-    position_ids: Tensor  # (N, L)
-    loss_mask: Tensor  # (N, L) 1 on response tokens
+    input_ids: Tensor  # (R, L) prompt + response ids: one sequence per row (R = N), right-padded, or packed
+    attention_mask: Tensor | None  # (R, L) 1 on real tokens; None when packed (positions delimit sequences)
+    position_ids: Tensor  # (R, L) restarting at each sequence
+    loss_mask: Tensor  # (R, L) 1 on response tokens
     index: Tensor  # (B,) dataset row of each example (keys the cached reference log-probs)
+    segments: Tensor | None = None  # (R, L) which sequence (0..N-1) each token belongs to, -1 on padding; None = row i is sequence i
 
     def to(self, device: torch.device | str) -> SequenceBatch:
         return type(self)(**{f.name: _move(getattr(self, f.name), device) for f in fields(self)})
@@ -44,13 +45,14 @@ class SequenceBatch:
 class RankingBatch:
     """Ranked lists flattened to one row per response, so each response is scored once (pairs are K = 2 lists)."""
 
-    input_ids: Tensor  # (N, L) prompt + response, right-padded; N = total responses over the B lists
-    attention_mask: Tensor  # (N, L)
-    position_ids: Tensor  # (N, L)
-    list_index: Tensor  # (N,) which list (0..B-1) the row belongs to
+    input_ids: Tensor  # (R, L) prompt + response, right-padded (R = N, the responses over the B lists) or packed
+    attention_mask: Tensor | None  # (R, L); None when packed
+    position_ids: Tensor  # (R, L)
+    list_index: Tensor  # (N,) which list (0..B-1) the response belongs to
     rank: Tensor  # (N,) position in its list, 0 = best
     margin: Tensor  # (B,) the record's preference margin (pairs), NaN where absent
     index: Tensor  # (B,) dataset row of each list
+    segments: Tensor | None = None  # (R, L) which response (0..N-1) each token belongs to, -1 on padding; None = one per row
 
     def to(self, device: torch.device | str) -> RankingBatch:
         return type(self)(**{f.name: _move(getattr(self, f.name), device) for f in fields(self)})

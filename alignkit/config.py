@@ -51,8 +51,15 @@ class DataConfig(Section):
     max_length: int = Field(512, ge=8, description="maximum tokens per example (prompt + response)")
     overlong: Literal["truncate", "drop"] = Field("truncate", description="what to do with longer examples: cut the end, or drop them (counts are reported)")
     loss_on: Literal["assistant", "last_turn"] = Field("assistant", description="train on every assistant turn, or only the last one")
-    packing: bool = Field(False, description="pack several short examples into one row (no cross-example attention)")
+    packing: bool = Field(False, description="lay each batch's examples back to back in rows of data.pack_length tokens instead of padding each (no attention across examples; train.batch_size still counts examples)")
+    pack_length: int | None = Field(None, ge=8, description="tokens per packed row; None = data.max_length")
+    cache_tokenized: bool = Field(True, description="reuse tokenized examples from earlier runs (in $ALIGNKIT_CACHE_DIR/tokenized, default ~/.cache/alignkit) when the examples, tokenizer, chat template and limits are the same")
     duplicates: Literal["error", "keep"] = Field("error", description="a record repeated verbatim: an error naming both lines, or keep it (it then weighs double); demo: sets are exempt")
+
+    @property
+    def row_length(self) -> int | None:
+        """Tokens per packed row when packing is on (pack_length, else max_length); None: padded batches."""
+        return (self.pack_length or self.max_length) if self.packing else None
 
 
 class TrainConfig(Section):
@@ -109,6 +116,7 @@ class RecipeConfig(Section):
         ("train.epochs", lambda c: c.train.max_steps == 0, "train.max_steps > 0 sets the run's length"),
         ("train.warmup_ratio", lambda c: c.train.warmup_steps == 0, "train.warmup_steps > 0 overrides it"),
         ("data.eval_fraction", lambda c: c.data.eval is None, "data.eval is given, so nothing is split off"),
+        ("data.pack_length", lambda c: c.data.packing, "it needs data.packing = true"),
     ]
 
     model: ModelConfig = Field(default_factory=ModelConfig, description="the model to train")
@@ -350,8 +358,7 @@ class DPOConfig(RecipeConfig):
 
     DEFAULTS = {"model": {"name_or_path": "demo:sft"}, "data": {"train": "demo:prefs", "max_length": 512},
                 "train": {"lr": 5e-7, "warmup_ratio": 0.1}, "run": {"output_dir": "runs/dpo-{time}"}}
-    REFUSED = {"data.packing": "packing is for SFT; pairs are scored as whole sequences",
-               "data.loss_on": "the loss covers the response after the prompt (every turn of a multi-turn response)"}
+    REFUSED = {"data.loss_on": "the loss covers the response after the prompt (every turn of a multi-turn response)"}
     INACTIVE = [*RecipeConfig.INACTIVE,
                 ("dpo.simpo_gamma", lambda c: c.dpo.loss == "simpo", "it is SimPO's margin (dpo.loss = simpo)"),
                 *((f"dpo.{k}", lambda c: c.dpo.loss not in ("simpo", "orpo"), "SimPO and ORPO use no reference")
@@ -372,8 +379,7 @@ class KTOConfig(RecipeConfig):
 
     DEFAULTS = {"model": {"name_or_path": "demo:sft"}, "data": {"train": "demo:kto", "max_length": 512},
                 "train": {"lr": 5e-7, "warmup_ratio": 0.1}, "run": {"output_dir": "runs/kto-{time}"}}
-    REFUSED = {"data.packing": "packing is for SFT; pairs are scored as whole sequences",
-               "data.loss_on": "the loss covers the response after the prompt (every turn of a multi-turn response)"}
+    REFUSED = {"data.loss_on": "the loss covers the response after the prompt (every turn of a multi-turn response)"}
     kto: KTOSection = Field(default_factory=KTOSection, description="the KTO loss and its reference")
 
 
@@ -389,17 +395,20 @@ class RMConfig(RecipeConfig):
 
     DEFAULTS = {"model": {"name_or_path": "demo:sft"}, "data": {"train": "demo:prefs", "max_length": 512},
                 "train": {"lr": 1e-5, "warmup_ratio": 0.05}, "run": {"output_dir": "runs/rm-{time}"}}
-    REFUSED = {**{"data.packing": "packing is for SFT; pairs are scored as whole sequences",
-               "data.loss_on": "the loss covers the response after the prompt (every turn of a multi-turn response)"},
+    REFUSED = {**{"data.loss_on": "the loss covers the response after the prompt (every turn of a multi-turn response)"},
                **{f"run.{k}": "a reward model scores text, it does not generate any"
                   for k in ("sample_every", "num_samples", "sample_max_new_tokens")}}
     rm: RMSection = Field(default_factory=RMSection, description="the ranking loss")
 
 
 class EvalSection(Section):
-    mode: Literal["reward_model"] = Field("reward_model", description="what to evaluate: reward_model = score a preference file with a reward model")
-    batch_size: int = Field(32, ge=1, description="sequences per forward pass")
-    min_accuracy: float = Field(0.7, ge=0, le=1, description="below this pairwise accuracy the summary says the RM is not ready for PPO")
+    mode: Literal["reward_model", "policy"] = Field("reward_model", description="what to evaluate: reward_model = score a preference file with a reward model; policy = answer a prompt file with a causal LM and score the answers with the rewards sources")
+    batch_size: int = Field(32, ge=1, description="sequences per forward pass (policy: prompts per generate call)")
+    min_accuracy: float = Field(0.7, ge=0, le=1, description="reward_model: below this pairwise accuracy the summary says the RM is not ready for PPO")
+    max_new_tokens: int = Field(64, ge=1, description="policy: answer token budget")
+    temperature: float = Field(0.0, ge=0, description="policy: 0 = greedy answers; > 0 samples, seeded per prompt by eval.seed")
+    seed: int = Field(0, description="policy: sampling seed (temperature > 0)")
+    group_by: str | None = Field(None, description="policy: a boolean field of the prompt records (e.g. held_out); each source's mean is also reported on either side of it")
 
 
 class EvalConfig(Section):
@@ -407,7 +416,7 @@ class EvalConfig(Section):
 
     DEFAULTS: ClassVar[dict[str, dict[str, Any]]] = {}
     REFUSED: ClassVar[dict[str, str]] = {
-        **{f"data.{k}": "eval reads data.train only, whole" for k in ("eval", "eval_fraction", "packing", "overlong",
+        **{f"data.{k}": "eval reads data.train only, whole" for k in ("eval", "eval_fraction", "packing", "pack_length", "cache_tokenized", "overlong",
                                                                       "loss_on", "duplicates")},
         **{f"model.{k}": "eval scores with the model as saved; it trains nothing"
            for k in ("adapter", "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules", "gradient_checkpointing")},
@@ -420,10 +429,22 @@ class EvalConfig(Section):
     data: DataConfig = Field(default_factory=lambda: _preference_data("demo:prefs_eval"), description="held-out data (data.train is read)")
     run: RunConfig = Field(default_factory=lambda: RunConfig(output_dir="runs/eval-{time}"), description="where the report goes")
     eval: EvalSection = Field(default_factory=EvalSection, description="what to evaluate")
+    rewards: list[RewardSource] = Field(default_factory=list, description="policy: reward sources scoring the answers (each reported; their weighted sum as total)")
+
+    INACTIVE: ClassVar[list[tuple[str, Any, str]]] = [
+        ("eval.min_accuracy", lambda c: c.eval.mode == "reward_model", "it is the reward-model verdict (eval.mode = reward_model)"),
+        *((f"eval.{k}", lambda c: c.eval.mode == "policy", "it sets how a policy answers (eval.mode = policy)")
+          for k in ("max_new_tokens", "temperature", "seed", "group_by")),
+        ("eval.seed", lambda c: c.eval.temperature > 0, "answers are greedy (eval.temperature = 0)"),
+    ]
 
     @model_validator(mode="after")
     def _honest(self) -> EvalConfig:
         refuse_unused(self)
+        if self.eval.mode == "policy" and not self.rewards:
+            raise ValueError("eval.mode = policy needs rewards: [...] to score the answers (e.g. - builtin: demo_gold)")
+        if self.eval.mode == "reward_model" and self.rewards:
+            raise ValueError("rewards: has no effect here: it scores a policy's answers (eval.mode = policy)")
         return self
 
 
@@ -473,6 +494,14 @@ class SamplingSection(Section):
     temperature: float = Field(1.0, gt=0, description="sampling temperature (log-probs are computed at the same temperature)")
     top_p: float = Field(1.0, gt=0, le=1, description="nucleus sampling mass")
     top_k: int = Field(0, ge=0, description="top-k filter; 0 = off")
+    engine: Literal["auto", "hf", "vllm"] = Field("auto", description="rollout engine: hf (transformers generate), vllm (colocated vllm.LLM, the vllm extra, CUDA), auto = vllm when installed and CUDA is present, else hf")
+    correction: Literal["none", "tis", "mis"] = Field("none", description="correct the update for the engine's log-probs differing from the trainer's: tis = weight tokens by min(rho, correction_cap), mis = drop tokens / sequences whose rho leaves [1/cap, cap]; rho = pi_train / pi_rollout")
+    correction_level: Literal["token", "sequence", "geometric"] = Field("token", description="rho per token, per sequence (product of token ratios) or per sequence as their geometric mean")
+    correction_cap: float = Field(2.0, gt=1, description="C: the truncation (tis) or the mask bounds [1/C, C] (mis)")
+    vllm_gpu_memory_utilization: float = Field(0.3, gt=0, le=1, description="vllm engine: fraction of GPU memory vLLM may take (weights + KV cache); the trainer keeps the rest")
+    vllm_tensor_parallel_size: int = Field(1, ge=1, description="vllm engine: GPUs one vLLM instance is split over")
+    vllm_sleep: bool = Field(True, description="vllm engine: release vLLM's GPU memory (weights and KV cache) while the trainer trains, wake it to generate")
+    vllm_max_model_len: int | None = Field(None, ge=1, description="vllm engine: context length vLLM reserves KV cache for; None = data.max_length + max_new_tokens")
 
 
 K1_AS_LOSS = ("{key} = k1 cannot be a KL loss term: E[grad log pi] = 0, so its expected gradient is zero and the "
@@ -482,9 +511,11 @@ K1_AS_LOSS = ("{key} = k1 cannot be a KL loss term: E[grad log pi] = 0, so its e
 class GRPOSection(Section):
     group_size: int = Field(8, ge=2, description="G, responses sampled per prompt")
     advantage: Literal["grpo", "dr_grpo", "rloo", "reinforce_pp"] = Field("grpo", description="baseline: group mean/std (GRPO), group mean (Dr.GRPO), leave-one-out (RLOO), group mean / batch std (REINFORCE++)")
-    ratio: Literal["token", "sequence"] = Field("token", description="importance ratio per token (GRPO/PPO) or per sequence, length-normalised (GSPO)")
-    clip_low: float | None = Field(None, ge=0, description="lower clip epsilon; None = 0.2 (token) or 3e-4 (sequence)")
-    clip_high: float | None = Field(None, ge=0, description="upper clip epsilon (DAPO clip-higher: larger than clip_low); None = 0.2 (token) or 4e-4 (sequence)")
+    ratio: Literal["token", "sequence", "cispo", "sapo", "gmpo"] = Field("token", description="the policy loss, by how it treats the importance ratio: token = PPO clip per token (GRPO), sequence = clip of the length-normalised sequence ratio (GSPO), cispo = clipped detached weight on REINFORCE, sapo = soft sigmoid gate, gmpo = geometric mean of clipped token ratios")
+    clip_low: float | None = Field(None, ge=0, description="lower clip epsilon; None = 0.2 (token), 3e-4 (sequence), 1.0 = no lower bound (cispo), 0.4 in log space (gmpo)")
+    clip_high: float | None = Field(None, ge=0, description="upper clip epsilon (DAPO clip-higher: larger than clip_low); None = 0.2 (token), 4e-4 (sequence), 0.28 (cispo), 0.4 in log space (gmpo)")
+    sapo_tau_pos: float = Field(1.0, gt=0, description="sapo: gate temperature for positive advantages (larger = narrower trust region)")
+    sapo_tau_neg: float = Field(1.05, gt=0, description="sapo: gate temperature for negative advantages")
     num_iterations: int = Field(1, ge=1, description="mu: policy updates per rollout batch; with 1, old log-probs are the current ones (no extra forward)")
     micro_batch_size: int = Field(16, ge=1, description="sequences per forward / backward on each process (memory knob; does not change the result)")
     loss_aggregation: Literal["token_mean", "seq_mean_token_mean", "seq_mean_token_sum"] | None = Field(None, description="token_mean (DAPO), seq_mean_token_mean (GRPO paper), seq_mean_token_sum (Dr.GRPO: / max_new_tokens); None = seq_mean_token_mean for sequence ratios (GSPO's gradient), token_mean otherwise")
@@ -507,13 +538,18 @@ class GRPOSection(Section):
         """The aggregation in force: GSPO's gradient is (1/|y|) per token of a sequence, i.e. seq_mean_token_mean."""
         if self.loss_aggregation is not None:
             return self.loss_aggregation
-        return "seq_mean_token_mean" if self.ratio == "sequence" else "token_mean"
+        return "seq_mean_token_mean" if self.ratio in ("sequence", "gmpo") else "token_mean"
 
     @property
-    def clip_range(self) -> tuple[float, float]:
-        """(low, high) in force: GSPO's ratios live near 1 +- 1e-4, so its defaults are tiny."""
-        low, high = (3e-4, 4e-4) if self.ratio == "sequence" else (0.2, 0.2)
-        return (self.clip_low if self.clip_low is not None else low, self.clip_high if self.clip_high is not None else high)
+    def loss_knobs(self) -> dict[str, float]:
+        """The knobs of the policy loss in force (``POLICY_LOSSES[ratio](logps, old, adv, mask, **loss_knobs)``):
+        the clip range, whose defaults depend on the loss (GSPO's ratios live near 1 +- 1e-4), or SAPO's gate
+        temperatures."""
+        if self.ratio == "sapo":
+            return {"tau_pos": self.sapo_tau_pos, "tau_neg": self.sapo_tau_neg}
+        low, high = {"sequence": (3e-4, 4e-4), "cispo": (1.0, 0.28), "gmpo": (0.4, 0.4)}.get(self.ratio, (0.2, 0.2))
+        return {"clip_low": self.clip_low if self.clip_low is not None else low,
+                "clip_high": self.clip_high if self.clip_high is not None else high}
 
 
 def _rl_defaults(recipe: str, batch_size: int) -> dict[str, dict[str, Any]]:
@@ -524,11 +560,20 @@ def _rl_defaults(recipe: str, batch_size: int) -> dict[str, dict[str, Any]]:
             "run": {"output_dir": f"runs/{recipe}-{{time}}"}}
 
 
-RL_REFUSED = {"data.packing": "packing is for SFT; rollouts are laid out by the sampler",
+RL_REFUSED = {"data.packing": "rollouts are laid out by the sampler (packed RL updates are not implemented yet)",
+              "data.pack_length": "rollouts are laid out by the sampler (packed RL updates are not implemented yet)",
               "data.loss_on": "the loss covers the sampled response",
               "train.grad_accum": "an RL step is one rollout batch; bound memory with the algorithm's micro_batch_size",
               "data.duplicates": "a repeated prompt is simply sampled again; prompt data is not checked for repeats",
               "run.sample_max_new_tokens": "RL samples are the rollouts themselves (sampling.max_new_tokens)"}
+
+
+_SAMPLING_INACTIVE = [
+    *((f"sampling.{k}", lambda c: c.sampling.correction != "none", "no engine correction is on (sampling.correction = none)")
+      for k in ("correction_level", "correction_cap")),
+    *((f"sampling.{k}", lambda c: c.sampling.engine != "hf", "it configures the vllm engine (sampling.engine = hf)")
+      for k in ("vllm_gpu_memory_utilization", "vllm_tensor_parallel_size", "vllm_sleep", "vllm_max_model_len")),
+]
 
 
 def _demo_rewards() -> list[RewardSource]:
@@ -540,8 +585,12 @@ class GRPOConfig(RecipeConfig):
 
     DEFAULTS = _rl_defaults("grpo", batch_size=8)
     REFUSED = RL_REFUSED
-    INACTIVE = [*RecipeConfig.INACTIVE,
-                ("grpo.kl_estimator", lambda c: c.grpo.beta > 0, "the KL term is off (grpo.beta = 0)")]
+    INACTIVE = [*RecipeConfig.INACTIVE, *_SAMPLING_INACTIVE,
+                ("grpo.kl_estimator", lambda c: c.grpo.beta > 0, "the KL term is off (grpo.beta = 0)"),
+                *((f"grpo.{k}", lambda c: c.grpo.ratio == "sapo", "it sets SAPO's gate (grpo.ratio = sapo)")
+                  for k in ("sapo_tau_pos", "sapo_tau_neg")),
+                *((f"grpo.{k}", lambda c: c.grpo.ratio != "sapo", "SAPO has no clip range (its gate: sapo_tau_pos / sapo_tau_neg)")
+                  for k in ("clip_low", "clip_high"))]
     sampling: SamplingSection = Field(default_factory=SamplingSection, description="rollout sampling")
     grpo: GRPOSection = Field(default_factory=GRPOSection, description="the algorithm")
     rewards: list[RewardSource] = Field(default_factory=_demo_rewards, description="reward sources, summed with their weights")
@@ -584,6 +633,7 @@ class PPOConfig(RecipeConfig):
     DEFAULTS = _rl_defaults("ppo", batch_size=16)
     REFUSED = RL_REFUSED
     INACTIVE = [*RecipeConfig.INACTIVE,
+                *_SAMPLING_INACTIVE,
                 ("ppo.vf_coef", lambda c: c.ppo.critic == "shared", "it weighs a shared critic's value loss"),
                 ("ppo.critic_model", lambda c: c.ppo.critic == "separate", "a shared critic is the actor's backbone"),
                 *((f"ppo.{k}", lambda c: c.ppo.adaptive_kl, "it tunes the adaptive KL controller (ppo.adaptive_kl)")
@@ -611,3 +661,5 @@ class PPOConfig(RecipeConfig):
         models = [s.reward_model for s in self.rewards if s.reward_model]
         return self.ppo.critic_model or (models[0] if models else self.model.name_or_path)
 
+
+EvalConfig.model_rebuild()  # its rewards field names RewardSource, defined after it

@@ -1,48 +1,9 @@
-"""Evaluation of a policy: generate for held-out prompts, score with reward functions (the demo's gold judge, a
-reward model, any Python function), and report means, EOS rate and length.
-
-Reward functions have the signature ``fn(prompts: list[str], completions: list[str], **fields) -> list[float]``,
-where ``prompts`` are the last user turns and ``fields`` the dataset's extra columns (see rewards.py).
+"""``alignkit eval``: what a trained reward model's scores say about it (accuracy, margins, calibration, the
+ready-for-PPO verdict), or how a policy's answers score (``eval.mode: policy``, through the one policy evaluator
+that the RL recipes and the demo use, ``rollout.evaluate``).
 """
 
 from __future__ import annotations
-
-from collections.abc import Sequence
-from statistics import fmean
-from typing import Any
-
-from .data.formats import PromptExample
-from .data.templates import tokenize_prompt
-from .rewards import RewardFn, call_reward, fields_of
-from .sampling import SamplingParams, generate
-
-
-def evaluate_policy(model, tokenizer, examples: Sequence[PromptExample], scorers: dict[str, RewardFn],
-                    params: SamplingParams, batch_size: int = 64, split_field: str | None = None
-                    ) -> tuple[dict[str, float], list[dict[str, Any]]]:
-    """Generate once per prompt and score; returns (metrics, one row per prompt).
-
-    metrics: ``<scorer>`` means, ``eos_rate`` (responses that ended with EOS), ``response_tokens`` (mean length),
-    and with ``split_field`` (a boolean field such as ``held_out``) each scorer's mean on either side of it.
-    """
-    gens = generate(model, tokenizer, [tokenize_prompt(tokenizer, e.prompt) for e in examples], params, batch_size)
-    prompts = [e.prompt[-1].content for e in examples]
-    completions = [g.text for g in gens]
-    fields = fields_of(examples)
-    scores = {name: call_reward(name, fn, prompts, completions, fields) for name, fn in scorers.items()}
-    metrics = {name: fmean(values) for name, values in scores.items()}
-    metrics["eos_rate"] = fmean(float(g.finished) for g in gens)
-    metrics["response_tokens"] = fmean(len(g.response_ids) for g in gens)
-    if split_field:
-        for name, values in scores.items():
-            for flag in (True, False):
-                part = [v for v, e in zip(values, examples) if bool(e.fields.get(split_field)) is flag]
-                if part:
-                    metrics[f"{name}[{split_field}={str(flag).lower()}]"] = fmean(part)
-    rows = [{"prompt": p, "response": c, **{n: s[i] for n, s in scores.items()}}
-            for i, (p, c) in enumerate(zip(prompts, completions))]
-    return metrics, rows
-
 
 # ------------------------------------------------------------------------------------- reward-model figures
 MARGIN_BUCKETS = (0.0, 0.5, 1.0, 2.0, float("inf"))
@@ -92,8 +53,8 @@ def pair_margins(rewards, valid):
 
 
 def run_eval(cfg, resume=None) -> dict:
-    """``alignkit eval CONFIG.yaml``: the evaluation ``eval.mode`` names (one mode today: reward_model)."""
-    from .recipes.runtime import quiet_libraries
+    """``alignkit eval CONFIG.yaml``: the evaluation ``eval.mode`` names (reward_model or policy)."""
+    from .runtime import quiet_libraries
 
     quiet_libraries()
     if cfg.run.threads:
@@ -101,6 +62,61 @@ def run_eval(cfg, resume=None) -> dict:
 
         torch.set_num_threads(cfg.run.threads)
     return EVAL_MODES[cfg.eval.mode](cfg)
+
+
+def eval_policy(cfg) -> dict:
+    """Answer every prompt of ``data.train`` with the causal LM in ``model`` (greedy, or sampled with seeds) and
+    score the answers with ``rewards``: each source's mean, their weighted total, the EOS rate and the mean length
+    (and each source per side of ``eval.group_by``). The answers and their scores go to ``samples.jsonl``."""
+    import json
+
+    import torch
+
+    from .checkpoint import atomic_write_json, atomic_write_text
+    from .config import dump_config
+    from .data.loading import load_examples
+    from .data.prepare import resolve_data_source
+    from .models import load_causal_lm, load_tokenizer
+    from .rewards import RewardSet
+    from .rollout.core import rollout_seeds, tokenize_prompts
+    from .rollout.engines import HFEngine
+    from .rollout.evaluate import evaluate_policy
+    from .runtime import resolve_run_dir
+    from .sampling import SamplingParams
+
+    run_dir = resolve_run_dir(cfg.run, "eval", None)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(run_dir / "config.yaml", dump_config(cfg))
+    device = torch.device("cuda" if cfg.model.device != "cpu" and torch.cuda.is_available() else "cpu")
+    tokenizer = load_tokenizer(cfg.model)
+    model = load_causal_lm(cfg.model, tokenizer, device, trainable=False)
+    examples = load_examples(resolve_data_source(cfg.data.train), "prompt", cfg.data.format, split=cfg.data.split,
+                             subset=cfg.data.subset)
+    examples, prompt_ids, report = tokenize_prompts(examples, tokenizer, cfg.data, cfg.data.train)
+    rewards = RewardSet(cfg.rewards, device, cfg.data.max_length + cfg.eval.max_new_tokens)
+    e = cfg.eval
+    params = SamplingParams(max_new_tokens=e.max_new_tokens, temperature=e.temperature)
+    seeds = rollout_seeds(e.seed, 0, 0, len(examples)) if e.temperature > 0 else None
+    metrics, rows = evaluate_policy(HFEngine(None, tokenizer, batch_size=e.batch_size), model, examples, prompt_ids,
+                                    rewards, params, split_field=e.group_by, seeds=seeds)
+    atomic_write_text(run_dir / "samples.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+    summary = {"mode": "policy", "model": cfg.model.name_or_path, "data": cfg.data.train, "prompts": report.__dict__,
+               "sampling": {"max_new_tokens": e.max_new_tokens, "temperature": e.temperature}, **metrics,
+               "run_dir": str(run_dir)}
+    atomic_write_json(run_dir / "summary.json", summary)
+    _print_table(f"alignkit eval: policy on {len(examples)} prompts", summary, skip=("prompts", "sampling"))
+    return summary
+
+
+def _print_table(title: str, summary: dict, skip: tuple[str, ...] = ()) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title, show_header=False, title_justify="left")
+    for key, value in summary.items():
+        if key not in skip:
+            table.add_row(key, f"{value:.4g}" if isinstance(value, float) else str(value))
+    Console().print(table)
 
 
 def eval_reward_model(cfg) -> dict:
@@ -119,8 +135,8 @@ def eval_reward_model(cfg) -> dict:
     from .config import dump_config
     from .data.loading import load_examples
     from .data.prepare import preference_kind, resolve_data_source
-    from .recipes.runtime import resolve_run_dir
     from .rewards import RewardModelScorer
+    from .runtime import resolve_run_dir
 
     run_dir = resolve_run_dir(cfg.run, "eval", None)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -153,15 +169,8 @@ def eval_reward_model(cfg) -> dict:
     from .checkpoint import atomic_write_json
 
     atomic_write_json(run_dir / "summary.json", summary)
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(title=f"alignkit eval: reward model on {len(examples)} records", show_header=False, title_justify="left")
-    for key, value in summary.items():
-        if key not in ("stored_stats",):
-            table.add_row(key, f"{value:.4g}" if isinstance(value, float) else str(value))
-    Console().print(table)
+    _print_table(f"alignkit eval: reward model on {len(examples)} records", summary, skip=("stored_stats",))
     return summary
 
 
-EVAL_MODES = {"reward_model": eval_reward_model}
+EVAL_MODES = {"reward_model": eval_reward_model, "policy": eval_policy}

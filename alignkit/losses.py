@@ -402,7 +402,109 @@ def gspo_policy_loss(logps: Tensor, old_logps: Tensor, advantages: Tensor, mask:
     return loss * mask, _clip_stats(ratio, advantages, mask, clip_low, clip_high, log_ratio)
 
 
-POLICY_LOSSES: dict[str, Callable[..., tuple[Tensor, Stats]]] = {"token": ppo_policy_loss, "sequence": gspo_policy_loss}
+def cispo_policy_loss(logps: Tensor, old_logps: Tensor, advantages: Tensor, mask: Tensor, clip_low: float = 1.0,
+                      clip_high: float = 0.28) -> tuple[Tensor, Stats]:
+    """CISPO (MiniMax-M1, MiniMax 2025, eq. 4-5): a REINFORCE objective weighted by the clipped, detached importance
+    ratio, loss_t = -sg(clip(ratio_t, 1 - clip_low, 1 + clip_high)) * A_t * logps_t.
+
+    Unlike the PPO clip, no token's gradient is ever dropped: a token whose ratio left the range keeps a gradient
+    through log pi with a bounded weight. MiniMax-M1 uses no lower bound (clip_low = 1: the weight only floors at
+    0). logps, old_logps, advantages, mask: (B, T); returns (B, T) per-token loss and stats (the clip fractions
+    count the tokens whose weight was truncated).
+    """
+    log_ratio = logps - old_logps
+    ratio = torch.exp(log_ratio)
+    weight = torch.clamp(ratio, 1 - clip_low, 1 + clip_high).detach()
+    loss = -weight * advantages * logps
+    return loss * mask, _clip_stats(ratio, advantages, mask, clip_low, clip_high, log_ratio)
+
+
+def sapo_policy_loss(logps: Tensor, old_logps: Tensor, advantages: Tensor, mask: Tensor, tau_pos: float = 1.0,
+                     tau_neg: float = 1.05) -> tuple[Tensor, Stats]:
+    """SAPO (Gao et al. 2025, "Soft Adaptive Policy Optimization", eq. 6-8): the hard clip replaced by a smooth
+    gate, loss_t = -(4 / tau) * sigmoid(tau * (ratio_t - 1)) * A_t, tau = tau_pos where A_t > 0 else tau_neg.
+
+    Its gradient is A_t * w_t * ratio_t * grad logps_t with w_t = 4 s (1 - s), s = sigmoid(tau (ratio_t - 1)):
+    w = 1 on-policy (the plain policy gradient) and decays smoothly as the ratio drifts, faster for a larger tau
+    (the paper damps negative advantages a little harder, tau_neg > tau_pos). Shapes as ``ppo_policy_loss``; the
+    clip stats count tokens whose gate weight fell under 1/2 (below / above ratio 1).
+    """
+    log_ratio = logps - old_logps
+    ratio = torch.exp(log_ratio)
+    tau = torch.where(advantages > 0, torch.full_like(advantages, tau_pos), torch.full_like(advantages, tau_neg))
+    gate = torch.sigmoid(tau * (ratio - 1))
+    loss = -(4 / tau) * gate * advantages
+    with torch.no_grad():
+        damped = (4 * gate * (1 - gate) < 0.5).float() * mask
+        low, high = damped * (ratio < 1), damped * (ratio > 1)
+        stats = {"clip_low": low, "clip_high": high, "clipfrac": low + high,
+                 "approx_kl": (torch.exp(log_ratio) - 1 - log_ratio) * mask, "ratio": ratio.detach() * mask}
+    return loss * mask, stats
+
+
+def gmpo_policy_loss(logps: Tensor, old_logps: Tensor, advantages: Tensor, mask: Tensor, clip_low: float = 0.4,
+                     clip_high: float = 0.4) -> tuple[Tensor, Stats]:
+    """GMPO (Zhao et al. 2025, "Geometric-Mean Policy Optimization", eq. 4): the geometric mean of the token ratios
+    of a sequence, each clipped in log space to [-clip_low, clip_high] on the side its advantage's sign makes
+    pessimistic, times the sequence's advantage: s_i = exp(mean_t min(sgn(A) log r_t, sgn(A) clip(log r_t))) * A.
+
+    The geometric mean is far less swayed by one outlier token than GRPO's arithmetic mean. Each response token
+    carries -s_i (B, T), so aggregating with ``seq_mean_token_mean`` gives exactly -s_i per sequence and GMPO's
+    gradient (the default aggregation for this loss). advantages: (B, T), constant along a sequence.
+    """
+    log_ratio = logps - old_logps
+    sign = torch.sign(advantages)
+    clipped = torch.clamp(log_ratio, -clip_low, clip_high)
+    pessimistic = sign * torch.min(sign * log_ratio, sign * clipped)
+    lengths = mask.sum(-1, keepdim=True).clamp(min=1)
+    seq_value = torch.exp((pessimistic * mask).sum(-1, keepdim=True) / lengths) * advantages
+    ratio = torch.exp(log_ratio)
+    with torch.no_grad():
+        low = ((log_ratio < -clip_low) & (advantages < 0)).float() * mask
+        high = ((log_ratio > clip_high) & (advantages > 0)).float() * mask
+        stats = {"clip_low": low, "clip_high": high, "clipfrac": low + high,
+                 "approx_kl": (ratio - 1 - log_ratio) * mask, "ratio": ratio.detach() * mask}
+    return -seq_value * mask, stats
+
+
+# name -> loss; the tensors are the shared signature, the knobs (clip range or gate temperatures) come from
+# GRPOSection.loss_knobs, which knows which knobs each loss takes
+POLICY_LOSSES: dict[str, Callable[..., tuple[Tensor, Stats]]] = {
+    "token": ppo_policy_loss, "sequence": gspo_policy_loss, "cispo": cispo_policy_loss, "sapo": sapo_policy_loss,
+    "gmpo": gmpo_policy_loss}
+
+
+def engine_correction(old_logps: Tensor, sample_logps: Tensor, mask: Tensor, mode: str = "tis",
+                      level: str = "token", cap: float = 2.0) -> tuple[Tensor, Stats]:
+    """Importance weights that correct for a rollout engine whose log-probs differ from the trainer's (another
+    kernel, bf16 weights): the tokens were drawn from pi_rollout, the loss assumes pi_train (Yao et al. 2025,
+    "Your efficient RL framework secretly brings you off-policy RL training"; Liu et al. 2025, "When speed kills
+    stability", for the masked and sequence-level forms).
+
+    rho = pi_train / pi_rollout, per token (level = token), per sequence as the product over its tokens
+    (sequence) or their geometric mean (geometric). mode = tis: weight min(rho, cap) (truncated IS); mis: weight
+    1 where rho lies in [1 / cap, cap], else 0 (masked IS: the token or sequence drops out of the loss, the loss
+    denominators unchanged). old_logps (trainer, at rollout time), sample_logps (engine), mask: (B, T). Returns
+    (B, T) detached weights to multiply the per-token loss with, and per-token stats: the rollout-vs-trainer KL
+    (k3 of KL(rollout || train) on the rollout's own tokens) and the fraction truncated or masked.
+    """
+    if mode not in ("tis", "mis") or level not in ("token", "sequence", "geometric"):
+        raise ValueError(f"engine correction: mode {mode!r} (tis | mis), level {level!r} (token | sequence | geometric)")
+    with torch.no_grad():
+        log_rho = (old_logps - sample_logps) * mask
+        if level == "sequence":
+            log_rho = log_rho.sum(-1, keepdim=True).expand_as(mask)
+        elif level == "geometric":
+            log_rho = (log_rho.sum(-1, keepdim=True) / mask.sum(-1, keepdim=True).clamp(min=1)).expand_as(mask)
+        rho = torch.exp(log_rho.clamp(max=80.0))  # exp(80) is finite in float32 and far above any cap
+        if mode == "tis":
+            weight, hit = rho.clamp(max=cap), rho > cap
+        else:
+            inside = (rho >= 1 / cap) & (rho <= cap)
+            weight, hit = inside.to(rho.dtype), ~inside
+        token_log_rho = (old_logps - sample_logps) * mask
+        return weight * mask, {"mismatch_kl": (torch.exp(token_log_rho) - 1 - token_log_rho) * mask,
+                               "corrected": hit.to(rho.dtype) * mask}
 
 
 def value_loss(values: Tensor, old_values: Tensor, returns: Tensor, mask: Tensor,

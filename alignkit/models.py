@@ -269,7 +269,8 @@ class Reference:
         from .ops import sequence_logps
 
         with self.active() as model:
-            return sequence_logps(model, batch.input_ids, batch.attention_mask, batch.position_ids, batch.loss_mask)
+            return sequence_logps(model, batch.input_ids, batch.attention_mask, batch.position_ids, batch.loss_mask,
+                                  batch.segments)
 
     @torch.no_grad()
     def response_logps(self, batch, temperature: float = 1.0) -> torch.Tensor:

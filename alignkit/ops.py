@@ -75,12 +75,36 @@ def forward_token_logps(model, input_ids: Tensor, attention_mask: Tensor | None,
     return token_logps(logits[:, :-1], input_ids[:, 1:], temperature)
 
 
-def sequence_logps(model, input_ids: Tensor, attention_mask: Tensor, position_ids: Tensor,
-                   loss_mask: Tensor) -> tuple[Tensor, Tensor]:
-    """Summed log-prob of each row's response tokens and the number of those tokens: (N, L) -> (N,), (N,)."""
+def sequence_logps(model, input_ids: Tensor, attention_mask: Tensor | None, position_ids: Tensor,
+                   loss_mask: Tensor, segments: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """Summed log-prob of each sequence's response tokens and the number of those tokens: (R, L) -> (N,), (N,).
+
+    Unpacked (``segments`` None) each row is a sequence (N = R). Packed rows hold several sequences, ``segments``
+    (R, L) naming each token's sequence: a target token's log-prob goes to its own sequence (a response token is
+    never a sequence's first, so the position predicting it lies in the same sequence)."""
     logps = forward_token_logps(model, input_ids, attention_mask, position_ids)
     mask = loss_mask[:, 1:]
-    return masked_sum(logps, mask, dim=-1), mask.sum(-1)
+    if segments is None:
+        return masked_sum(logps, mask, dim=-1), mask.sum(-1)
+    return segment_sum(logps * mask, segments[:, 1:]), segment_sum(mask.to(logps.dtype), segments[:, 1:])
+
+
+def segment_sum(values: Tensor, segments: Tensor) -> Tensor:
+    """Sum of ``values`` per segment: (R, L), (R, L) with ids 0..N-1 (-1 = none) -> (N,)."""
+    n = int(segments.max().item()) + 1
+    keep = segments >= 0
+    return values.new_zeros(n).index_add(0, segments[keep], values[keep])
+
+
+def segment_last(values: Tensor, segments: Tensor) -> Tensor:
+    """values at each segment's last token: (R, L), (R, L) -> (N,). Where a packed reward model's score is read."""
+    flat_values, flat_segments = values.reshape(-1), segments.reshape(-1)
+    n = int(flat_segments.max().item()) + 1
+    where = torch.arange(flat_segments.numel(), device=values.device)
+    keep = flat_segments >= 0
+    last = torch.full((n,), -1, dtype=torch.long, device=values.device).scatter_reduce(
+        0, flat_segments[keep], where[keep], reduce="amax")
+    return flat_values[last]
 
 
 def last_token_index(attention_mask: Tensor) -> Tensor:
@@ -112,14 +136,32 @@ def kl_estimate(logps: Tensor, ref_logps: Tensor, kind: str = "k3") -> Tensor:
 
 def response_logps(model, batch, temperature: float = 1.0, with_entropy: bool = False) -> tuple[Tensor, Tensor | None]:
     """Log-probs (B, R) of a RolloutBatch's response tokens under ``model``, with logits divided by the sampling
-    temperature (the distribution the tokens were actually drawn from); optionally the entropy (B, R)."""
+    temperature (the distribution the tokens were actually drawn from); optionally the entropy (B, R).
+
+    Only the R positions that predict response tokens go through the output layer (``logits_to_keep = R + 1``,
+    the last position dropped): the prompt and its padding never reach the (hidden x vocabulary) head. The plain
+    form, ``model(...).logits[:, P - 1 : -1]``, is what a model without ``logits_to_keep`` gets; the test suite
+    holds the two equal."""
+    width = batch.response_mask.shape[1]
+    kwargs = {"logits_to_keep": width + 1} if accepts_logits_to_keep(model) else {}
     logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids,
-                   use_cache=False).logits
-    logits = logits[:, batch.prompt_width - 1 : -1]
+                   use_cache=False, **kwargs).logits
+    logits = logits[:, -(width + 1) : -1]
     if temperature != 1.0:
         logits = logits / temperature
     logps = token_logps(logits, batch.response_ids)
     return logps, (entropy_from_logits(logits) if with_entropy else None)
+
+
+def accepts_logits_to_keep(model) -> bool:
+    """Whether the causal LM under the wrappers (DDP / accelerate, peft) takes ``logits_to_keep`` (transformers'
+    causal LMs do; a custom model may not)."""
+    import inspect
+
+    inner = getattr(model, "module", model)
+    if hasattr(inner, "get_base_model"):
+        inner = inner.get_base_model()
+    return "logits_to_keep" in inspect.signature(type(inner).forward).parameters
 
 
 def explained_variance(values: Tensor, returns: Tensor, mask: Tensor) -> Tensor:

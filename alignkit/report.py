@@ -21,7 +21,7 @@ def families(rows: list[dict[str, Any]]) -> dict[str, list[str]]:
     out: dict[str, list[str]] = {}
     for row in rows:
         for key, value in row.items():
-            if key == "step" or not isinstance(value, (int, float)) or isinstance(value, bool):
+            if key in ("step", "time/wall_s") or not isinstance(value, (int, float)) or isinstance(value, bool):
                 continue
             family = key.split("/", 1)[0]
             if key not in out.setdefault(family, []):

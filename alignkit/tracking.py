@@ -1,7 +1,8 @@
 """Run artifacts: metrics to JSONL and CSV, samples, summary.json; optional TensorBoard / W&B.
 
 Metric names are ``family/name`` (``loss/train``, ``loss/eval``, ``speed/tokens_per_s``): the family decides the
-panel of training_curves.png. Every logged row has ``step``.
+panel of training_curves.png. Every logged row has ``step`` and ``time/wall_s`` (seconds since this process
+started the run: curves against wall time, and the per-step times benchmarks read).
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +36,7 @@ class RunLog:
         self.rows: list[dict[str, Any]] = []
         self.samples: list[dict[str, Any]] = []
         self._trackers = _open_trackers(report_to, self.run_dir, config) if enabled else []
+        self.started = time.time()
 
     def resume(self, rows: int, samples: int) -> None:
         """Reload the metric rows and samples a checkpoint saw (their counts are stored in it): what was written
@@ -42,7 +45,7 @@ class RunLog:
         self.samples = _read_jsonl(self.run_dir / SAMPLES)[:samples]
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
-        row = {"step": step, **{k: _plain(v) for k, v in metrics.items()}}
+        row = {"step": step, **{k: _plain(v) for k, v in metrics.items()}, "time/wall_s": round(time.time() - self.started, 4)}
         self.rows.append(row)
         for tracker in self._trackers:
             tracker(step, metrics)

@@ -11,9 +11,11 @@ import torch
 
 @pytest.fixture(scope="session", autouse=True)
 def demo_dir(tmp_path_factory) -> Path:
-    """Every ``demo:`` name resolves inside this session's temporary folder (never the user's cache)."""
+    """Every ``demo:`` name resolves inside this session's temporary folder (never the user's cache); tokenized
+    datasets are cached in the session's own folder too (shared by the session's runs, never the user's)."""
     path = Path(os.environ.get("ALIGNKIT_TEST_DEMO_DIR") or tmp_path_factory.mktemp("demo"))
     os.environ["ALIGNKIT_DEMO_DIR"] = str(path)
+    os.environ["ALIGNKIT_CACHE_DIR"] = str(tmp_path_factory.mktemp("cache"))
     torch.set_num_threads(2)
     return path
 

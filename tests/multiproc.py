@@ -104,7 +104,7 @@ def arm_kill(where: str, step: int) -> None:
             return out
 
         checkpoint.save_checkpoint = save
-        from alignkit.recipes import runtime
+        from alignkit import runtime
 
         runtime.save_checkpoint = save
     else:

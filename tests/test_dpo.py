@@ -83,6 +83,58 @@ def test_lora_reference_is_the_base_model(demo_sft, demo_tokenizer, pairs):
     assert_close(after, adapted)
 
 
+def test_packed_pairs_give_the_padded_loss_and_log_probs(demo_sft, demo_tokenizer, pairs):
+    """DPO on packed rows (no padding between sequences, positions restarting) equals DPO on padded rows: the
+    summed log-probs per sequence, hence the loss and its gradient."""
+    model = load_causal_lm(ModelConfig(name_or_path=str(demo_sft), device="cpu"), demo_tokenizer)
+    cfg, pad, idx = DPOConfig(), demo_tokenizer.pad_token_id, list(range(len(pairs)))
+    padded = dpo_recipe.pair_batch(pairs, idx, pad)
+    packed = dpo_recipe.pair_batch(pairs, idx, pad, row_length=128)
+    assert packed.input_ids.shape[0] < padded.input_ids.shape[0]  # something was actually packed
+    assert packed.attention_mask is None and packed.segments.max().item() == 2 * len(pairs) - 1
+    ref = (torch.full((len(pairs),), -20.0), torch.full((len(pairs),), -25.0))
+    losses, grads = [], []
+    for batch in (padded, packed):
+        model.zero_grad()
+        loss, stats = dpo_recipe.pair_loss(cfg, model, batch, ref)
+        loss.sum().backward()
+        losses.append((loss.detach(), stats["logps_chosen"], stats["logps_rejected"]))
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]))
+    for a, b in zip(*losses):
+        assert_close(a, b, rtol=1e-5, atol=1e-5)
+    assert_close(grads[0], grads[1], rtol=1e-4, atol=1e-6)
+
+
+def test_packed_sequences_for_kto_and_reward_models(demo_sft, demo_rm, demo_tokenizer, pairs):
+    """KTO's summed log-probs and a reward model's scores (read at each sequence's last token) are the same
+    packed as padded."""
+    from alignkit.data.collate import pad_rankings
+    from alignkit.data.prepare import RankRow, tokenize_unpaired
+    from alignkit.models import load_reward_model
+    from alignkit.recipes import kto as kto_recipe
+    from alignkit.recipes import rm as rm_recipe
+
+    pad = demo_tokenizer.pad_token_id
+    model = load_causal_lm(ModelConfig(name_or_path=str(demo_sft), device="cpu"), demo_tokenizer)
+    examples = load_examples(str(demo_data("kto")), "unpaired")[:6]
+    rows, _ = tokenize_unpaired(examples, demo_tokenizer, KTOConfig().data, "t")
+    sequences = [r.sequence for r in rows]
+    with torch.no_grad():
+        padded = kto_recipe.policy_logps(model, pad_sequences(sequences, range(6), pad))
+        packed = kto_recipe.policy_logps(model, pad_sequences(sequences, range(6), pad, pack_length=100))
+    assert_close(packed, padded, rtol=1e-5, atol=1e-5)
+
+    rm = load_reward_model(ModelConfig(name_or_path=str(demo_rm), device="cpu"), demo_tokenizer)
+    lists = [RankRow(responses=(p.chosen, p.rejected), margin=None) for p in pairs]
+    with torch.no_grad():
+        padded_r, valid = rm_recipe.list_rewards(rm, pad_rankings(lists, range(len(lists)), pad))
+        packed_batch = pad_rankings(lists, range(len(lists)), pad, pack_length=128)
+        packed_r, packed_valid = rm_recipe.list_rewards(rm, packed_batch)
+    assert packed_batch.input_ids.shape[0] < 2 * len(lists)
+    assert_close(packed_r, padded_r, rtol=1e-5, atol=1e-5)
+    assert torch.equal(valid, packed_valid)
+
+
 def test_kto_mismatched_pairs_take_the_next_completion(demo_tokenizer):
     from alignkit.data.prepare import tokenize_unpaired
 

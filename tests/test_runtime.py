@@ -9,7 +9,7 @@ import torch
 from torch.testing import assert_close
 
 from alignkit.config import ConfigError, ModelConfig
-from alignkit.recipes.runtime import require_divisible, step_indices
+from alignkit.runtime import require_divisible, step_indices
 
 
 # --------------------------------------------------------------------------------------------- data order

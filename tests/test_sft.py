@@ -7,7 +7,7 @@ import torch
 from torch.testing import assert_close
 
 from alignkit.config import ModelConfig
-from alignkit.data.collate import pack, pad_batch, pad_packed
+from alignkit.data.collate import pack_batch, pad_batch
 from alignkit.data.loading import load_examples
 from alignkit.data.templates import tokenize_conversation
 from alignkit.demo.assets import demo_data
@@ -31,9 +31,8 @@ def model(demo_base, demo_tokenizer):
 def test_packed_batch_gives_the_same_loss_as_unpacked(model, rows, demo_tokenizer):
     pad = demo_tokenizer.pad_token_id
     plain = pad_batch(rows, pad)
-    packed_rows = pack(rows, max_length=64)
-    assert len(packed_rows) < len(rows)  # something was actually packed
-    packed = pad_packed(packed_rows, pad)
+    packed = pack_batch(rows, 64, pad)
+    assert packed.input_ids.shape[0] < len(rows)  # something was actually packed
     denominator = step_denominator([plain.loss_mask[:, 1:]])
     assert denominator == step_denominator([packed.loss_mask[:, 1:]])
     with torch.no_grad():
@@ -44,7 +43,7 @@ def test_packed_batch_gives_the_same_loss_as_unpacked(model, rows, demo_tokenize
 
 def test_cross_attention_would_change_the_loss(model, rows, demo_tokenizer):
     """The packing test can fail: with plain positions the packed examples see each other and the loss moves."""
-    packed = pad_packed(pack(rows, max_length=64), demo_tokenizer.pad_token_id)
+    packed = pack_batch(rows, 64, demo_tokenizer.pad_token_id)
     leaky = sft_recipe.SFTBatch(packed.input_ids, None, torch.arange(packed.input_ids.shape[1]).expand_as(packed.input_ids),
                                 packed.loss_mask)
     denominator = step_denominator([packed.loss_mask[:, 1:]])

@@ -21,7 +21,6 @@ from typing import Any
 from ..config import DPOConfig, GRPOConfig, KTOConfig, ModelConfig, PPOConfig, RMConfig, SFTConfig, validate
 from ..data.loading import load_examples
 from ..sampling import SamplingParams
-from .world import format_reward, gold_reward
 
 
 @dataclass(frozen=True)
@@ -117,25 +116,27 @@ def train_demo_stage(recipe: str, run_dir: Path, final_copy: Path | None = None,
 
 def score_model(model_path: str, n_prompts: int = 200, rm_path: str | None = None) -> dict[str, float]:
     """Gold score and well-formed rate of greedy answers to the demo's eval prompts (and the reward model's
-    normalised score of the same answers, when ``rm_path`` is given)."""
-    from ..eval import evaluate_policy
+    normalised score of the same answers, when ``rm_path`` is given), by the one policy evaluator."""
+    import torch
+
+    from ..config import RewardSource
+    from ..data.templates import tokenize_prompt
     from ..models import load_causal_lm, load_tokenizer
+    from ..rewards import RewardSet
+    from ..rollout.engines import HFEngine
+    from ..rollout.evaluate import evaluate_policy
     from .assets import demo_data
 
     model_cfg = ModelConfig(name_or_path=model_path, device="cpu")
     tokenizer = load_tokenizer(model_cfg)
     model = load_causal_lm(model_cfg, tokenizer, trainable=False)
     prompts = load_examples(str(demo_data("prompts_eval")), "prompt")[:n_prompts]
-    scorers = {"gold": gold_reward, "format": format_reward}
+    sources = [RewardSource(builtin="demo_gold", name="gold"), RewardSource(builtin="demo_format", name="format")]
     if rm_path is not None:
-        from ..data.formats import Message
-        from ..rewards import RewardModelScorer
-
-        rm = RewardModelScorer(ModelConfig(name_or_path=rm_path, device="cpu"))
-        by_text = {e.prompt[-1].content: e.prompt for e in prompts}
-        scorers["rm"] = lambda ps, cs, **_: rm.normalise(
-            rm.score([by_text[p] for p in ps], [(Message("assistant", c),) for c in cs])).tolist()
-    metrics, _ = evaluate_policy(model, tokenizer, prompts, scorers, EVAL_SAMPLING, split_field="held_out")
+        sources.append(RewardSource(reward_model=rm_path, name="rm"))
+    metrics, _ = evaluate_policy(HFEngine(None, tokenizer, batch_size=64), model, prompts,
+                                 [tokenize_prompt(tokenizer, e.prompt) for e in prompts], RewardSet(sources, torch.device("cpu")),
+                                 EVAL_SAMPLING, split_field="held_out")
     return metrics
 
 
@@ -202,7 +203,7 @@ def run_demo(out: str | Path = "runs/demo", fast: bool = False, stages: list[str
     one table: gold score (the hidden judge) next to the reward model's score, for every stage."""
     from rich.console import Console
 
-    from ..recipes.runtime import quiet_libraries
+    from ..runtime import quiet_libraries
 
     quiet_libraries()
     out = Path(out)

@@ -24,6 +24,7 @@ import torch
 
 from ..batch import SequenceBatch
 from ..config import DPOConfig
+from ..data.cache import cached
 from ..data.collate import pad_sequences
 from ..data.prepare import PairRow, load_split, tokenize_pairs
 from ..losses import PREFERENCE_LOSSES, REFERENCE_FREE, aggregate, nll_term, step_denominator
@@ -36,24 +37,26 @@ from ..models import (
     reference_cache,
 )
 from ..ops import sequence_logps
-from .runtime import (
+from ..runtime import (
     finish_run,
     micro_step,
     prepare_training,
     sample_rows,
     save_final,
     start_run,
+    step_holds,
     step_indices,
 )
 
 REFERENCE_CACHE = "reference_logps.pt"
 
 
-def pair_batch(rows: list[PairRow], indices: list[int], pad_id: int) -> SequenceBatch:
-    """Rows 0..B-1 are the chosen sequences, rows B..2B-1 the rejected ones: one forward scores both."""
+def pair_batch(rows: list[PairRow], indices: list[int], pad_id: int, row_length: int | None = None) -> SequenceBatch:
+    """Sequences 0..B-1 are the chosen responses, B..2B-1 the rejected ones: one forward scores both (in padded
+    rows, or packed into rows of ``row_length`` tokens)."""
     chosen = [rows[i].chosen for i in indices]
     rejected = [rows[i].rejected for i in indices]
-    return pad_sequences(chosen + rejected, indices, pad_id)
+    return pad_sequences(chosen + rejected, indices, pad_id, row_length)
 
 
 def split_pairs(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -64,7 +67,8 @@ def split_pairs(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 def pair_loss(cfg: DPOConfig, model, batch: SequenceBatch, ref: tuple[torch.Tensor, torch.Tensor] | None
               ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Per-pair loss (B,) and per-pair stats for one micro-batch."""
-    logps, lengths = sequence_logps(model, batch.input_ids, batch.attention_mask, batch.position_ids, batch.loss_mask)
+    logps, lengths = sequence_logps(model, batch.input_ids, batch.attention_mask, batch.position_ids, batch.loss_mask,
+                                    batch.segments)
     (chosen, rejected), (chosen_len, rejected_len) = split_pairs(logps), split_pairs(lengths)
     ref_chosen, ref_rejected = ref if ref is not None else (None, None)
     loss, stats = PREFERENCE_LOSSES[cfg.dpo.loss](
@@ -114,7 +118,8 @@ def evaluate(cfg: DPOConfig, model, rows: list[PairRow], cache, reference, pad_i
     model.eval()
     sums: dict[str, float] = {}
     for start in range(0, len(rows), cfg.train.batch_size):
-        batch = pair_batch(rows, list(range(start, min(start + cfg.train.batch_size, len(rows)))), pad_id).to(device)
+        batch = pair_batch(rows, list(range(start, min(start + cfg.train.batch_size, len(rows)))), pad_id,
+                           cfg.data.row_length).to(device)
         loss, stats = pair_loss(cfg, model, batch, reference_for(cache, "eval", reference, batch))
         for key, value in {"loss": loss, **stats}.items():
             sums[key] = sums.get(key, 0.0) + value.float().sum().item()
@@ -148,8 +153,8 @@ def train(cfg: DPOConfig, resume: str | bool | None = None) -> dict:
     pad_id = tokenizer.pad_token_id
 
     train_examples, eval_examples = load_split(cfg.data, "preference", cfg.train.seed)
-    train_rows, train_report = tokenize_pairs(train_examples, tokenizer, cfg.data, "train")
-    eval_rows, eval_report = tokenize_pairs(eval_examples, tokenizer, cfg.data, "eval")
+    train_rows, train_report = cached(tokenize_pairs, train_examples, tokenizer, cfg.data, "train")
+    eval_rows, eval_report = cached(tokenize_pairs, eval_examples, tokenizer, cfg.data, "eval")
     run.print(train_report.describe("train pairs"))
     run.print(eval_report.describe("eval pairs"))
     sample_prompts = ([e.prompt for e in eval_examples], [e.chosen[-1].content for e in eval_examples])
@@ -170,7 +175,7 @@ def train(cfg: DPOConfig, resume: str | bool | None = None) -> dict:
         reference.policy = model
     trainable, total = count_parameters(model)
     run.print(f"dpo ({cfg.dpo.loss}, beta {cfg.dpo.beta}, nll weight {cfg.dpo.nll_weight_value}): "
-              f"{len(train_rows)} pairs, {steps} steps, {trainable:,} of {total:,} parameters trainable")
+              f"{len(train_rows)} pairs, {steps} steps of {step_holds(cfg.data, cfg.train, 'pairs')}, {trainable:,} of {total:,} parameters trainable")
     if start == 0:
         run.log.log(0, evaluate(cfg, model, eval_rows, cache, reference, pad_id, acc.device))
 
@@ -180,7 +185,7 @@ def train(cfg: DPOConfig, resume: str | bool | None = None) -> dict:
     clock, pairs_seen = time.time(), 0
     for step in range(start + 1, steps + 1):
         # 1. this step's micro-batches of pairs; the denominator is the step's pair count
-        micro = [pair_batch(train_rows, idx, pad_id).to(acc.device) for idx in
+        micro = [pair_batch(train_rows, idx, pad_id, cfg.data.row_length).to(acc.device) for idx in
                  step_indices(len(train_rows), step, cfg.train.batch_size, cfg.train.grad_accum, cfg.train.seed,
                               acc.process_index, acc.num_processes)]
         denominator = acc.reduce(step_denominator([torch.ones(len(b.index)) for b in micro], "seq_mean_token_mean")

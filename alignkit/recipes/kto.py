@@ -22,6 +22,7 @@ import torch
 
 from ..batch import SequenceBatch
 from ..config import KTOConfig
+from ..data.cache import cached
 from ..data.collate import pad_sequences
 from ..data.prepare import UnpairedRow, load_split, tokenize_unpaired
 from ..data.templates import Tokenized
@@ -35,13 +36,14 @@ from ..models import (
     reference_cache,
 )
 from ..ops import sequence_logps
-from .runtime import (
+from ..runtime import (
     finish_run,
     micro_step,
     prepare_training,
     sample_rows,
     save_final,
     start_run,
+    step_holds,
     step_indices,
 )
 
@@ -65,12 +67,13 @@ class Scorer:
     """Summed completion log-probs of matched and mismatched sequences, under the policy and the reference."""
 
     def __init__(self, rows: dict[str, list[UnpairedRow]], kl_rows: dict[str, list[Tokenized]], pad_id: int,
-                 reference: Reference | None, cache: dict[str, torch.Tensor] | None) -> None:
+                 reference: Reference | None, cache: dict[str, torch.Tensor] | None, row_length: int | None) -> None:
         self.rows, self.kl_rows, self.pad_id, self.reference, self.cache = rows, kl_rows, pad_id, reference, cache
+        self.row_length = row_length  # packed rows of this many tokens (data.packing), or None: padded
 
     def batch(self, split: str, indices: list[int], kl: bool = False) -> SequenceBatch:
         source = self.kl_rows[split] if kl else [r.sequence for r in self.rows[split]]
-        return pad_sequences([source[i] for i in indices], indices, self.pad_id)
+        return pad_sequences([source[i] for i in indices], indices, self.pad_id, self.row_length)
 
     def reference_logps(self, split: str, batch: SequenceBatch, kl: bool = False) -> torch.Tensor:
         if self.cache is not None:
@@ -82,7 +85,8 @@ class Scorer:
 
 
 def policy_logps(model, batch: SequenceBatch) -> torch.Tensor:
-    return sequence_logps(model, batch.input_ids, batch.attention_mask, batch.position_ids, batch.loss_mask)[0]
+    return sequence_logps(model, batch.input_ids, batch.attention_mask, batch.position_ids, batch.loss_mask,
+                          batch.segments)[0]
 
 
 @torch.no_grad()
@@ -147,8 +151,8 @@ def train(cfg: KTOConfig, resume: str | bool | None = None) -> dict:
     pad_id = tokenizer.pad_token_id
 
     train_examples, eval_examples = load_split(cfg.data, "unpaired", cfg.train.seed)
-    train_rows, train_report = tokenize_unpaired(train_examples, tokenizer, cfg.data, "train")
-    eval_rows, eval_report = tokenize_unpaired(eval_examples, tokenizer, cfg.data, "eval")
+    train_rows, train_report = cached(tokenize_unpaired, train_examples, tokenizer, cfg.data, "train")
+    eval_rows, eval_report = cached(tokenize_unpaired, eval_examples, tokenizer, cfg.data, "eval")
     run.print(train_report.describe("train"))
     run.print(eval_report.describe("eval"))
     sample_prompts = ([e.prompt for e in eval_examples], [e.completion[-1].content for e in eval_examples])
@@ -166,11 +170,11 @@ def train(cfg: KTOConfig, resume: str | bool | None = None) -> dict:
     model, optimizer, scheduler, steps, start = prepare_training(run, model, cfg.train, len(train_rows))
     if reference is not None and reference.policy is not None:
         reference.policy = model
-    scorer = Scorer(rows, kl_rows, pad_id, reference, cache)
+    scorer = Scorer(rows, kl_rows, pad_id, reference, cache, cfg.data.row_length)
     trainable, total = count_parameters(model)
     n_good = sum(r.desirable for r in train_rows)
     run.print(f"kto (beta {cfg.kto.beta}): {len(train_rows)} examples ({n_good} desirable, "
-              f"{len(train_rows) - n_good} undesirable), {steps} steps, {trainable:,} of {total:,} trainable")
+              f"{len(train_rows) - n_good} undesirable), {steps} steps of {step_holds(cfg.data, cfg.train, 'examples')}, {trainable:,} of {total:,} trainable")
     if start == 0:
         run.log.log(0, evaluate(cfg, acc, model, scorer))
 

@@ -19,48 +19,46 @@ Departures from InstructGPT / Ziegler et al.:
    advantages, whitening, reward normalisation and the KL controller see the whole batch; each global mini-batch
    (a seeded permutation of the whole batch) is split evenly over the processes. Rollouts are seeded per row.
    1 and N processes, and a resumed run, train identically (tested).
+6. With ``sampling.correction`` the policy term is reweighted by the engine-mismatch correction (truncated or
+   masked importance sampling of pi_train / pi_rollout); the value loss and KL penalty are not.
 """
 
 from __future__ import annotations
 
 import math
 import time
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
 from ..advantages import RunningMoments, adaptive_kl_coef, gae, kl_shaped_rewards
 from ..config import ConfigError, PPOConfig
-from ..data.prepare import load_split
-from ..losses import aggregate, ppo_policy_loss, step_denominator, value_loss
+from ..losses import aggregate, engine_correction, ppo_policy_loss, step_denominator, value_loss
 from ..models import (
     SharedValueHead,
     ValueModel,
-    count_parameters,
     disable_dropout,
-    load_causal_lm,
-    load_reference,
     load_reward_model,
-    load_tokenizer,
     token_values,
 )
 from ..ops import explained_variance, kl_estimate, masked_mean, masked_whiten, response_logps
-from ..rewards import RewardSet, fields_of
-from ..sampling import rollout_batch
-from .rl import (
+from ..rollout.core import (
+    Rollout,
     chunks_of,
-    evaluate,
-    gather_list,
+    collect,
     gather_rows,
-    no_grad_logps,
+    policy_logps,
     rollout_seeds,
-    sample,
+    rows_logps,
     sampling_params,
-    tokenize_prompts,
 )
-from .runtime import (
+from ..rollout.setup import RLSetup, load_rl
+from ..runtime import (
+    Run,
     finish_run,
     micro_step,
-    prepare_model,
+    prepare_models,
     require_divisible,
     save_final,
     start_run,
@@ -75,11 +73,6 @@ def response_values(critic, batch) -> torch.Tensor:
     return values[:, batch.prompt_width - 1 : -1]
 
 
-@torch.no_grad()
-def no_grad_values(critic, batch, chunks: list[list[int]]) -> torch.Tensor:
-    return torch.cat([response_values(critic, batch.select(c)) for c in chunks])
-
-
 def load_critic(cfg: PPOConfig, actor, tokenizer, device, num_processes: int):
     """A separate critic model (from ppo.critic_model / the reward model / the policy), or a value head on the
     actor's own backbone."""
@@ -91,32 +84,57 @@ def load_critic(cfg: PPOConfig, actor, tokenizer, device, num_processes: int):
     return ValueModel(load_reward_model(critic_cfg, tokenizer, device))
 
 
-def score(cfg: PPOConfig, acc, rewards: RewardSet, examples, gens, moments: RunningMoments):
-    """The whole batch's sequence scores (every process's rows, gathered): reward sources, penalties,
-    normalisation, clipping. Returns (scores (B,), {source: raw scores (B,)})."""
+@dataclass
+class Setup(RLSetup):
+    """The shared RL pieces, plus the critic, both optimizers and schedules, and the restored trainer state."""
+
+    critic: Any = None
+    optimizers: tuple[Any, Any] = (None, None)  # (actor, critic)
+    schedulers: tuple[Any, Any] = (None, None)
+    steps: int = 0
+    per_step: int = 0  # optimizer steps per rollout step
+    state: dict[str, Any] = field(default_factory=dict)  # the restored trainer state ({"step": 0} when fresh)
+
+
+def set_up(run: Run, cfg: PPOConfig) -> Setup:
+    acc, p = run.accelerator, cfg.ppo
+    require_divisible(acc.num_processes, {"ppo.mini_batch_size": p.mini_batch_size})
+    s = Setup(**vars(load_rl(run, cfg, with_reference=True)))
+    critic = load_critic(cfg, s.policy, s.tokenizer, acc.device, acc.num_processes)
+    disable_dropout(critic)  # values at rollout time and update time must agree
+    critic.train()
+    s.steps = total_steps(cfg.train, len(s.train[0]), cfg.train.batch_size)
+    s.per_step = p.ppo_epochs * (cfg.train.batch_size // p.mini_batch_size)
+    # the actor does not move during the critic's warm-up, so its schedule spans the remaining steps only
+    ((actor, actor_opt, actor_sched), (s.critic, critic_opt, critic_sched)), s.state = prepare_models(run, cfg.train, [
+        (s.policy, max(1, s.steps - p.critic_warmup_steps) * s.per_step, None), (critic, s.steps * s.per_step, p.critic_lr)])
+    s.optimizers, s.schedulers = (actor_opt, critic_opt), (actor_sched, critic_sched)
+    s.ready(cfg, actor)
+    return s
+
+
+def shaped_scores(cfg: PPOConfig, r: Rollout, moments: RunningMoments) -> torch.Tensor:
+    """The whole batch's sequence scores as PPO optimises them: the rollout's score (reward sources less the
+    no-EOS penalty), less the length penalty, normalised, clipped. (B,)"""
     p = cfg.ppo
-    local, local_parts = rewards([e.prompt for e in examples], [g.text for g in gens], fields_of(examples))
-    scores = gather_rows(acc, local.to(acc.device))
-    parts = {k: gather_rows(acc, v.to(acc.device)) for k, v in local_parts.items()}
-    lengths = gather_rows(acc, torch.tensor([len(g.response_ids) for g in gens], device=acc.device).float())
-    finished = gather_rows(acc, torch.tensor([g.finished for g in gens], device=acc.device))
-    scores = scores - p.missing_eos_penalty * (~finished).float() - p.length_penalty * lengths
+    scores = r.score - p.length_penalty * r.lengths.float()
     if p.reward_norm == "running":
         moments.update(scores)
         scores = moments.normalise(scores)
     elif p.reward_norm == "batch":
         scores = (scores - scores.mean()) / (scores.std() + 1e-6)
-    return scores.clamp(-p.reward_clip, p.reward_clip), parts
+    return scores.clamp(-p.reward_clip, p.reward_clip)
 
 
-def update(run, step: int, cfg: PPOConfig, models, optimizers, schedulers, batch, mask, old_logps, ref_logps,
-           old_values, advantages, returns, kl_coef: float, train_actor: bool) -> tuple[dict, dict]:
+def update(run, step: int, cfg: PPOConfig, s: Setup, r: Rollout, mask, old_logps, ref_logps, old_values, advantages,
+           returns, weights, kl_coef: float, train_actor: bool) -> tuple[dict, dict]:
     """ppo_epochs passes of seeded, shuffled global mini-batches; this process trains its share of each, in
     micro-batches; actor and critic step with their own optimizers (the actor sits out the critic's warm-up).
+    ``weights``: (B, R) engine-correction weights of the policy term, or None.
     Returns (per-token stat sums of this process's share, figures already global: losses, grad norms, updates)."""
     acc, p, temperature = run.accelerator, cfg.ppo, cfg.sampling.temperature
-    (actor, critic), world, rank = models, acc.num_processes, acc.process_index
-    trained = list(zip(optimizers, schedulers))[0 if train_actor else 1 :]
+    actor, critic, world, rank = s.policy, s.critic, acc.num_processes, acc.process_index
+    trained = list(zip(s.optimizers, s.schedulers))[0 if train_actor else 1 :]
     sums: dict[str, torch.Tensor] = {}
     glob: dict[str, float] = {"policy_loss": 0.0, "value_loss": 0.0, "updates": 0}
     for epoch in range(p.ppo_epochs):
@@ -128,13 +146,15 @@ def update(run, step: int, cfg: PPOConfig, models, optimizers, schedulers, batch
             micro = chunks_of(mini[rank * share : (rank + 1) * share], p.micro_batch_size)
             losses = torch.zeros(2, device=acc.device)
             for i, rows in enumerate(micro):
-                sub, sub_mask = batch.select(rows), mask[rows]
+                sub, sub_mask = r.batch.select(rows), mask[rows]
                 with micro_step(acc, actor, critic, last=i == len(micro) - 1):
                     stats: dict[str, torch.Tensor] = {}
                     if train_actor:
                         logps, entropy = response_logps(actor, sub, temperature, with_entropy=True)
                         per_token, stats = ppo_policy_loss(logps, old_logps[rows], advantages[rows], sub_mask,
                                                            p.clip_low, p.clip_high, p.dual_clip)
+                        if weights is not None:
+                            per_token = per_token * weights[rows]
                         if p.kl_in_loss:
                             per_token = per_token + kl_coef * kl_estimate(logps, ref_logps[rows], p.kl_estimator) * sub_mask
                         per_token = per_token - p.entropy_coef * entropy * sub_mask
@@ -159,80 +179,81 @@ def update(run, step: int, cfg: PPOConfig, models, optimizers, schedulers, batch
                     optimizer.step()
             for _, scheduler in trained:
                 scheduler.step()
-            for optimizer in optimizers:  # also during the critic's warm-up: a shared critic's value loss reaches
+            for optimizer in s.optimizers:  # also during the critic's warm-up: a shared critic's value loss reaches
                 optimizer.zero_grad(set_to_none=True)  # the actor's backbone, and must not pile up there
             glob.update({"policy_loss": glob["policy_loss"] + losses[0].item(), "updates": glob["updates"] + 1,
                          "value_loss": glob["value_loss"] + losses[1].item(), **{k: float(v) for k, v in grads.items()}})
     return sums, glob
 
 
+def step_metrics(acc, cfg: PPOConfig, r: Rollout, sums: dict, glob: dict, scores, kl, token_rewards, mask, old_values,
+                 advantages, returns, mismatch: dict, kl_coef: float, extra: dict[str, float]) -> dict[str, float]:
+    """The step's logged figures, over the whole batch of every process."""
+    ratio_max = gather_rows(acc, sums.pop("ratio_max", torch.zeros((), device=acc.device)).view(1)).max()
+    totals = dict(zip(sums, acc.reduce(torch.stack(list(sums.values())), "sum").tolist()))
+    n_tokens = max(mask.sum().item(), 1.0) * cfg.ppo.ppo_epochs
+    adv_mean = masked_mean(advantages, mask)
+    metrics = {
+        "reward/score": scores.mean().item(), **{f"reward/{k}": v.mean().item() for k, v in r.rewards.items()},
+        "reward/with_kl": token_rewards.sum(-1).mean().item(),
+        "kl/per_token": masked_mean(kl, mask).item(), "kl/per_sequence": kl.sum(-1).mean().item(), "kl/coef": kl_coef,
+        "loss/value": glob["value_loss"] / glob["updates"],
+        "value/explained_variance": explained_variance(old_values, returns, mask).item(),
+        "value/clipfrac": totals["value_clipfrac"] / n_tokens, "advantage/mean": adv_mean.item(),
+        "advantage/std": masked_mean((advantages - adv_mean) ** 2, mask).sqrt().item(),
+        "length/mean": r.lengths.float().mean().item(), "eos_rate/train": r.batch.finished.float().mean().item(),
+        "grad_norm/critic": glob["grad_norm/critic"],
+        **{f"mismatch/{k}": masked_mean(v, mask).item() for k, v in mismatch.items()}, **extra}
+    if "entropy" in totals:  # the actor trained this step (not in the critic's warm-up)
+        metrics.update({"loss/policy": glob["policy_loss"] / glob["updates"], "entropy": totals["entropy"] / n_tokens,
+                        "policy/clipfrac": totals["clipfrac"] / n_tokens,
+                        "policy/clip_low_frac": totals["clip_low"] / n_tokens,
+                        "policy/clip_high_frac": totals["clip_high"] / n_tokens,
+                        "policy/approx_kl": totals["approx_kl"] / n_tokens, "ratio/mean": totals["ratio"] / n_tokens,
+                        "ratio/max": ratio_max.item(), "grad_norm/actor": glob["grad_norm/actor"]})
+    return metrics
+
+
 def train(cfg: PPOConfig, resume: str | bool | None = None) -> dict:
     """Run PPO as configured; returns the summary (also written to the run folder)."""
     run = start_run(cfg, "ppo", resume)
-    acc, p = run.accelerator, cfg.ppo
-    require_divisible(acc.num_processes, {"ppo.mini_batch_size": p.mini_batch_size})
-    temperature = cfg.sampling.temperature
-    tokenizer = load_tokenizer(cfg.model, announce=run.print)
-    actor = load_causal_lm(cfg.model, tokenizer, acc.device)
-    critic = load_critic(cfg, actor, tokenizer, acc.device, acc.num_processes)
-    for model in (actor, critic):
-        disable_dropout(model)
-        model.train()
-    reference = load_reference(cfg.model, None, actor, tokenizer, acc.device, acc.autocast)
-    rewards = RewardSet(cfg.rewards, acc.device, cfg.data.max_length + cfg.sampling.max_new_tokens, acc.autocast)
-    eval_only = RewardSet(cfg.eval_rewards, acc.device, autocast=acc.autocast) if cfg.eval_rewards else None
-
-    train_examples, eval_examples = load_split(cfg.data, "prompt", cfg.train.seed)
-    train_examples, prompt_ids, report = tokenize_prompts(train_examples, tokenizer, cfg.data, "train")
-    eval_examples, eval_ids, _ = tokenize_prompts(eval_examples, tokenizer, cfg.data, "eval")
-    run.print(report.describe("train"))
-    steps = total_steps(cfg.train, len(train_examples), cfg.train.batch_size)
-    per_step = p.ppo_epochs * (cfg.train.batch_size // p.mini_batch_size)  # optimizer steps per rollout step
-    # the actor does not move during the critic's warm-up, so its schedule spans the remaining steps only
-    actor, actor_opt, actor_sched = prepare_model(run, actor, cfg.train, max(1, steps - p.critic_warmup_steps) * per_step)
-    critic, critic_opt, critic_sched = prepare_model(run, critic, cfg.train, steps * per_step, lr=p.critic_lr)
-    if reference.policy is not None:
-        reference.policy = actor
-    state = run.restore()
-    start, kl_coef, moments = state["step"], state.get("kl_coef", p.kl_coef), RunningMoments(state.get("reward_moments"))
-    trainable, total = count_parameters(actor)
+    acc, p, temperature, sampling = run.accelerator, cfg.ppo, cfg.sampling.temperature, cfg.sampling
+    s = set_up(run, cfg)
+    (train_examples, prompt_ids), steps = s.train, s.steps
+    start, kl_coef, moments = s.state["step"], s.state.get("kl_coef", p.kl_coef), RunningMoments(s.state.get("reward_moments"))
     critic_from = "a value head on the actor" if p.critic == "shared" else cfg.critic_path
-    run.print(f"ppo: {len(train_examples)} prompts, {steps} steps x {cfg.train.batch_size} rollouts, {p.ppo_epochs} "
-              f"epochs x {cfg.train.batch_size // p.mini_batch_size} mini-batches = {per_step} optimizer steps per "
-              f"rollout step (train.lr applies to each), critic from {critic_from}, actor {trainable:,} of {total:,} "
-              f"trainable, rewards: {', '.join(f'{s.weight:g} x {s.label}' for s in cfg.rewards)}")
+    run.print(f"ppo ({s.engine.name} engine): {len(train_examples)} prompts, {steps} steps x {cfg.train.batch_size} "
+              f"rollouts, {p.ppo_epochs} epochs x {cfg.train.batch_size // p.mini_batch_size} mini-batches = "
+              f"{s.per_step} optimizer steps per rollout step (train.lr applies to each), critic from {critic_from}, "
+              f"actor {s.parameters[0]:,} of {s.parameters[1]:,} trainable, "
+              f"rewards: {', '.join(f'{x.weight:g} x {x.label}' for x in cfg.rewards)}")
     if start == 0:
-        run.log.log(0, evaluate(acc, cfg, actor, tokenizer, eval_examples, eval_ids, rewards, eval_only))
+        run.log.log(0, s.evaluate(cfg))
 
     from tqdm.auto import tqdm
 
     bar = tqdm(total=steps, initial=start, desc="ppo", disable=not (cfg.run.progress and run.is_main))
     tokens_total, train_clock = 0, time.time()
     for step in range(start + 1, steps + 1):
-        # 1. rollout: one sampled response per prompt, this process's slice, seeded per row; then the whole batch
-        clock = time.time()
+        # 1. rollout: one response per prompt, this process's slice, seeded per global row, scored, gathered
         idx = step_indices(len(train_examples), step, cfg.train.batch_size, 1, cfg.train.seed, acc.process_index,
                            acc.num_processes)[0]
-        examples = [train_examples[i] for i in idx]
-        mine = list(range(acc.process_index * len(idx), (acc.process_index + 1) * len(idx)))
-        gens = sample(acc, actor, tokenizer, [prompt_ids[i] for i in idx], sampling_params(cfg),
-                      rollout_seeds(cfg.train.seed, step, mine[0], len(idx)))
-        all_gens = gather_list(acc, gens)
-        batch = rollout_batch(all_gens, tokenizer.pad_token_id).to(acc.device)  # every process: the whole batch
-        mask = batch.response_mask.float()
-        if p.mask_truncated:
-            mask = mask * batch.finished.unsqueeze(-1)
-        t_generate = time.time() - clock
+        r = collect(acc, s.engine, s.policy, [train_examples[i] for i in idx], [prompt_ids[i] for i in idx],
+                    rollout_seeds(cfg.train.seed, step, acc.process_index * len(idx), len(idx)),
+                    sampling_params(sampling), s.rewards, p.missing_eos_penalty)
+        mask = r.batch.response_mask.float() * (r.batch.finished.unsqueeze(-1) if p.mask_truncated else 1)
 
-        # 2. score: sequence scores; old log-probs, reference log-probs and values of this process's rows, gathered
+        # 2. score: shaped sequence scores; old log-probs, reference log-probs and values (this process's rows, gathered)
         clock = time.time()
-        scores, parts = score(cfg, acc, rewards, examples, gens, moments)
-        chunks = chunks_of(mine, p.micro_batch_size)
-        old_logps = gather_rows(acc, no_grad_logps(actor, batch, chunks, temperature))
-        ref_logps = gather_rows(acc, torch.cat([reference.response_logps(batch.select(c), temperature).float()
-                                                for c in chunks]))
-        old_values = gather_rows(acc, no_grad_values(critic, batch, chunks))
-        t_score = time.time() - clock
+        scores = shaped_scores(cfg, r, moments)
+        chunks = chunks_of(range(r.local.start, r.local.stop), p.micro_batch_size)
+        old_logps = rows_logps(acc, policy_logps(s.policy, temperature), r.batch, chunks)
+        ref_logps = rows_logps(acc, lambda b: s.reference.response_logps(b, temperature), r.batch, chunks)
+        old_values = rows_logps(acc, lambda b: response_values(s.critic, b), r.batch, chunks)
+        weights, mismatch = (engine_correction(old_logps, r.sample_logps, mask, sampling.correction,
+                                               sampling.correction_level, sampling.correction_cap)
+                             if sampling.correction != "none" else (None, {}))
+        t_score = r.seconds["score"] + time.time() - clock
 
         # 3. advantages over the whole batch: KL-shaped per-token rewards, GAE, whitening
         kl = kl_estimate(old_logps, ref_logps, p.kl_estimator) * mask
@@ -242,64 +263,43 @@ def train(cfg: PPOConfig, resume: str | bool | None = None) -> dict:
             advantages = masked_whiten(advantages, mask)
 
         # 4. update: ppo_epochs passes of shuffled mini-batches, actor and critic with their own optimizers
-        clock = time.time()
-        train_actor = step > p.critic_warmup_steps
-        sums, glob = update(run, step, cfg, (actor, critic), (actor_opt, critic_opt), (actor_sched, critic_sched),
-                            batch, mask, old_logps, ref_logps, old_values, advantages, returns, kl_coef, train_actor)
+        clock, train_actor = time.time(), step > p.critic_warmup_steps
+        sums, glob = update(run, step, cfg, s, r, mask, old_logps, ref_logps, old_values, advantages, returns,
+                            weights, kl_coef, train_actor)
+        s.engine.sync(s.policy)
         t_train = time.time() - clock
 
         # 5. the KL controller (the whole batch, so every process adapts alike), then log, eval, checkpoint
-        seq_kl = kl.sum(-1).mean().item()
         if p.adaptive_kl:
-            kl_coef = adaptive_kl_coef(kl_coef, seq_kl, p.kl_target, p.kl_horizon, mask.shape[0])
-        tokens_total += int(batch.response_mask.sum().item())
+            kl_coef = adaptive_kl_coef(kl_coef, kl.sum(-1).mean().item(), p.kl_target, p.kl_horizon, mask.shape[0])
+        tokens_total += int(r.lengths.sum().item())
         if step % cfg.run.log_every == 0 or step == steps:
-            ratio_max = gather_rows(acc, sums.pop("ratio_max", torch.zeros((), device=acc.device)).view(1)).max()
-            totals = dict(zip(sums, acc.reduce(torch.stack(list(sums.values())), "sum").tolist()))
-            n_tokens = max(mask.sum().item(), 1.0) * p.ppo_epochs
-            metrics = {
-                "reward/score": scores.mean().item(), **{f"reward/{k}": v.mean().item() for k, v in parts.items()},
-                "reward/with_kl": token_rewards.sum(-1).mean().item(),
-                "kl/per_token": masked_mean(kl, mask).item(), "kl/per_sequence": seq_kl, "kl/coef": kl_coef,
-                "loss/value": glob["value_loss"] / glob["updates"],
-                "value/explained_variance": explained_variance(old_values, returns, mask).item(),
-                "value/clipfrac": totals["value_clipfrac"] / n_tokens,
-                "advantage/mean": masked_mean(advantages, mask).item(),
-                "advantage/std": masked_mean((advantages - masked_mean(advantages, mask)) ** 2, mask).sqrt().item(),
-                "length/mean": batch.response_mask.sum(-1).float().mean().item(),
-                "eos_rate/train": batch.finished.float().mean().item(),
-                "time/generate_s": t_generate, "time/score_s": t_score, "time/train_s": t_train,
+            run.log.log(step, step_metrics(acc, cfg, r, sums, glob, scores, kl, token_rewards, mask, old_values,
+                                           advantages, returns, mismatch, kl_coef, {
+                "time/generate_s": r.seconds["generate"], "time/score_s": t_score, "time/train_s": t_train,
                 "speed/tokens_per_s": tokens_total / max(time.time() - train_clock, 1e-9),
-                "grad_norm/critic": glob["grad_norm/critic"], "lr": actor_sched.get_last_lr()[0]}
-            if train_actor:
-                metrics.update({"loss/policy": glob["policy_loss"] / glob["updates"],
-                                "entropy": totals["entropy"] / n_tokens, "policy/clipfrac": totals["clipfrac"] / n_tokens,
-                                "policy/clip_low_frac": totals["clip_low"] / n_tokens,
-                                "policy/clip_high_frac": totals["clip_high"] / n_tokens,
-                                "policy/approx_kl": totals["approx_kl"] / n_tokens,
-                                "ratio/mean": totals["ratio"] / n_tokens, "ratio/max": ratio_max.item(),
-                                "grad_norm/actor": glob["grad_norm/actor"]})
-            run.log.log(step, metrics)
-            bar.set_postfix(score=f"{scores.mean().item():.3f}", kl=f"{seq_kl:.2f}")
+                "lr": s.schedulers[0].get_last_lr()[0]}))
+            bar.set_postfix(score=f"{scores.mean().item():.3f}", kl=f"{kl.sum(-1).mean().item():.2f}")
         if (cfg.run.sample_every and step % cfg.run.sample_every == 0) or step == steps:
-            run.log.add_samples(step, [{"prompt": e.prompt[-1].content, "response": g.text, "score": s.item(),
-                                        "kl": k.item()} for e, g, s, k in zip(examples, gens, scores[mine], kl.sum(-1)[mine])][: cfg.run.num_samples])
+            run.log.add_samples(step, [{"prompt": r.examples[i].prompt[-1].content, "response": r.texts[i],
+                                        "score": scores[i].item(), "kl": kl[i].sum().item()}
+                                       for i in range(r.local.start, r.local.stop)][: cfg.run.num_samples])
         if cfg.run.eval_every and step % cfg.run.eval_every == 0 and step != steps:
-            run.log.log(step, evaluate(acc, cfg, actor, tokenizer, eval_examples, eval_ids, rewards, eval_only))
+            run.log.log(step, s.evaluate(cfg))
         if cfg.run.save_every and step % cfg.run.save_every == 0 and step != steps:
             run.checkpoint(step, {"kl_coef": kl_coef, "reward_moments": moments.state()}, cfg.run.keep_checkpoints)
         bar.update(1)
     bar.close()
 
     run.checkpoint(steps, {"kl_coef": kl_coef, "reward_moments": moments.state()}, cfg.run.keep_checkpoints)
-    final_eval = evaluate(acc, cfg, actor, tokenizer, eval_examples, eval_ids, rewards, eval_only)
+    final_eval = s.evaluate(cfg)
     run.log.log(steps, final_eval)
-    save_final(run, actor, tokenizer, cfg.run)
+    save_final(run, s.policy, s.tokenizer, cfg.run)
     first = run.log.rows[0] if run.log.rows else {}
     summary = {"steps": steps, "final": final_eval, "initial": {k: v for k, v in first.items() if "eval" in k},
                "kl_coef": kl_coef, "tokens_per_s": tokens_total / max(time.time() - train_clock, 1e-9),
-               "optimizer_steps_per_rollout_step": per_step, "prompts": report.__dict__,
-               "parameters": {"actor_trainable": trainable, "actor_total": total},
+               "optimizer_steps_per_rollout_step": s.per_step, "prompts": s.prompts, "engine": s.engine.name,
+               "parameters": {"actor_trainable": s.parameters[0], "actor_total": s.parameters[1]},
                "peak_memory_mib": _peak_memory_mib()}
     headline = [("steps", steps), ("eval reward before", first.get("reward_eval/total", math.nan)),
                 ("eval reward after", final_eval.get("reward_eval/total", math.nan)),

@@ -21,6 +21,7 @@ import torch
 
 from ..batch import RankingBatch
 from ..config import RMConfig
+from ..data.cache import cached
 from ..data.collate import pad_rankings
 from ..data.prepare import RankRow, load_split, preference_kind, tokenize_rankings
 from ..eval import pair_margins, preference_metrics
@@ -33,8 +34,16 @@ from ..models import (
     save_reward_stats,
     token_values,
 )
-from ..ops import gather_last
-from .runtime import finish_run, micro_step, prepare_training, save_final, start_run, step_indices
+from ..ops import gather_last, segment_last
+from ..runtime import (
+    finish_run,
+    micro_step,
+    prepare_training,
+    save_final,
+    start_run,
+    step_holds,
+    step_indices,
+)
 
 READY_ACCURACY = 0.7  # the field's rule of thumb (our seed texts): below this an RM is not ready for PPO
 
@@ -42,7 +51,8 @@ READY_ACCURACY = 0.7  # the field's rule of thumb (our seed texts): below this a
 def list_rewards(model, batch: RankingBatch) -> tuple[torch.Tensor, torch.Tensor]:
     """(B, K) rewards of each best-first list and its validity mask; each response forwarded once."""
     values = token_values(model, batch.input_ids, batch.attention_mask, batch.position_ids)
-    return batch.scatter(gather_last(values, batch.attention_mask))
+    last = gather_last(values, batch.attention_mask) if batch.segments is None else segment_last(values, batch.segments)
+    return batch.scatter(last)
 
 
 def list_loss(cfg: RMConfig, rewards: torch.Tensor, valid: torch.Tensor, margin: torch.Tensor
@@ -109,14 +119,15 @@ def train(cfg: RMConfig, resume: str | bool | None = None) -> dict:
 
     kind = preference_kind(cfg.data)
     train_examples, eval_examples = load_split(cfg.data, kind, cfg.train.seed)
-    train_rows, train_report = tokenize_rankings(train_examples, tokenizer, cfg.data, "train")
-    eval_rows, eval_report = tokenize_rankings(eval_examples, tokenizer, cfg.data, "eval")
+    train_rows, train_report = cached(tokenize_rankings, train_examples, tokenizer, cfg.data, "train")
+    eval_rows, eval_report = cached(tokenize_rankings, eval_examples, tokenizer, cfg.data, "eval")
     run.print(train_report.describe(f"train {kind}"))
     run.print(eval_report.describe(f"eval {kind}"))
 
     model, optimizer, scheduler, steps, start = prepare_training(run, model, cfg.train, len(train_rows))
     trainable, total = count_parameters(model)
-    run.print(f"rm ({cfg.rm.loss} on {kind}): {len(train_rows)} lists, {steps} steps, "
+    run.print(f"rm ({cfg.rm.loss} on {kind}): {len(train_rows)} lists, {steps} steps of "
+              f"{step_holds(cfg.data, cfg.train, 'lists')}, "
               f"{trainable:,} of {total:,} parameters trainable")
     if start == 0:
         run.log.log(0, evaluate(cfg, model, eval_rows, pad_id, acc.device))
@@ -127,7 +138,7 @@ def train(cfg: RMConfig, resume: str | bool | None = None) -> dict:
     clock, seen = time.time(), 0
     for step in range(start + 1, steps + 1):
         # 1. the step's lists; the denominator is the step's list count
-        micro = [pad_rankings([train_rows[i] for i in idx], idx, pad_id).to(acc.device) for idx in
+        micro = [pad_rankings([train_rows[i] for i in idx], idx, pad_id, cfg.data.row_length).to(acc.device) for idx in
                  step_indices(len(train_rows), step, cfg.train.batch_size, cfg.train.grad_accum, cfg.train.seed,
                               acc.process_index, acc.num_processes)]
         denominator = acc.reduce(step_denominator([torch.ones(len(b.index)) for b in micro], "seq_mean_token_mean")

@@ -20,18 +20,20 @@ import torch
 
 from ..batch import SFTBatch
 from ..config import SFTConfig
-from ..data.collate import pack, pad_batch, pad_packed
+from ..data.cache import cached
+from ..data.collate import pack_batch, pad_batch
 from ..data.prepare import load_split, tokenize_sft
 from ..losses import aggregate, sft_loss, step_denominator
 from ..models import count_parameters, load_causal_lm, load_tokenizer
 from ..ops import forward_token_logps
-from .runtime import (
+from ..runtime import (
     finish_run,
     micro_step,
     prepare_training,
     sample_rows,
     save_final,
     start_run,
+    step_holds,
     step_indices,
 )
 
@@ -43,9 +45,10 @@ def sft_step_loss(model, batch: SFTBatch, denominator: torch.Tensor) -> tuple[to
     return aggregate(per_token, batch.loss_mask[:, 1:], denominator), stats["nll_sum"]
 
 
-def make_batches(rows: list, indices: list[int], pad_id: int, packed: bool) -> SFTBatch:
+def make_batches(rows: list, indices: list[int], pad_id: int, row_length: int | None) -> SFTBatch:
+    """One micro-batch: the examples right-padded, or packed into rows of ``row_length`` tokens."""
     chosen = [rows[i] for i in indices]
-    return pad_packed(chosen, pad_id) if packed else pad_batch(chosen, pad_id)
+    return pack_batch(chosen, row_length, pad_id) if row_length else pad_batch(chosen, pad_id)
 
 
 @torch.no_grad()
@@ -75,18 +78,17 @@ def train(cfg: SFTConfig, resume: str | bool | None = None) -> dict:
     model.train()
 
     train_examples, eval_examples = load_split(cfg.data, "sft", cfg.train.seed)
-    train_rows, train_report = tokenize_sft(train_examples, tokenizer, cfg.data, "train")
-    eval_rows, eval_report = tokenize_sft(eval_examples, tokenizer, cfg.data, "eval")
+    train_rows, train_report = cached(tokenize_sft, train_examples, tokenizer, cfg.data, "train")
+    eval_rows, eval_report = cached(tokenize_sft, eval_examples, tokenizer, cfg.data, "eval")
     run.print(train_report.describe("train"))
     run.print(eval_report.describe("eval"))
-    if cfg.data.packing:
-        train_rows = pack(train_rows, cfg.data.max_length)
     sample_prompts = [e.messages[:-1] for e in eval_examples[: cfg.run.num_samples]]
     sample_refs = [e.messages[-1].content for e in eval_examples[: cfg.run.num_samples]]
 
     model, optimizer, scheduler, steps, start = prepare_training(run, model, cfg.train, len(train_rows))
     trainable, total = count_parameters(model)
-    run.print(f"sft: {len(train_rows)} train rows, {len(eval_rows)} eval, {steps} steps, "
+    run.print(f"sft: {len(train_rows)} train examples, {len(eval_rows)} eval, {steps} steps of "
+              f"{step_holds(cfg.data, cfg.train, 'examples')}, "
               f"{trainable:,} of {total:,} parameters trainable, device {acc.device}")
 
     from tqdm.auto import tqdm
@@ -97,7 +99,7 @@ def train(cfg: SFTConfig, resume: str | bool | None = None) -> dict:
     clock = time.time()
     for step in range(start + 1, steps + 1):
         # 1. this step's micro-batches and the step's target-token count (the one denominator)
-        micro = [make_batches(train_rows, idx, pad_id, cfg.data.packing).to(acc.device) for idx in
+        micro = [make_batches(train_rows, idx, pad_id, cfg.data.row_length).to(acc.device) for idx in
                  step_indices(len(train_rows), step, cfg.train.batch_size, cfg.train.grad_accum, cfg.train.seed,
                               acc.process_index, acc.num_processes)]
         denominator = acc.reduce(step_denominator([b.loss_mask[:, 1:] for b in micro]).to(acc.device), "sum")
@@ -147,7 +149,7 @@ def train(cfg: SFTConfig, resume: str | bool | None = None) -> dict:
         "best": {"loss/eval": best[0], "step": best[1]} if best else {},
         "tokens_per_s": tokens_seen / max(elapsed, 1e-9),
         "train_time_s": round(elapsed, 2),
-        "data": {"train": train_report.__dict__, "eval": eval_report.__dict__, "packed_rows": cfg.data.packing},
+        "data": {"train": train_report.__dict__, "eval": eval_report.__dict__, "packed_row_length": cfg.data.row_length},
         "parameters": {"trainable": trainable, "total": total},
     }
     headline = [("steps", steps), ("train loss", run.log.last("loss/train")),

@@ -16,10 +16,10 @@ from typing import Any
 
 import torch
 
-from ..checkpoint import atomic_write_text, latest_checkpoint, load_checkpoint, save_checkpoint
-from ..config import ConfigError, RunConfig, Section, TrainConfig, dump_config
-from ..report import CURVES, REPORT, plot_curves, write_report
-from ..tracking import METRICS_CSV, METRICS_JSONL, SAMPLES, SUMMARY, RunLog
+from .checkpoint import atomic_write_text, latest_checkpoint, load_checkpoint, save_checkpoint
+from .config import ConfigError, RunConfig, Section, TrainConfig, dump_config
+from .report import CURVES, REPORT, plot_curves, write_report
+from .tracking import METRICS_CSV, METRICS_JSONL, SAMPLES, SUMMARY, RunLog
 
 
 @dataclass
@@ -115,8 +115,7 @@ def start_run(cfg: Section, recipe: str, resume: str | bool | None = None) -> Ru
     run_cfg: RunConfig = cfg.run  # type: ignore[attr-defined]
     train_cfg: TrainConfig = cfg.train  # type: ignore[attr-defined]
     quiet_libraries()
-    if run_cfg.threads:
-        torch.set_num_threads(run_cfg.threads)
+    threads = set_threads(run_cfg.threads)
     from accelerate.utils import broadcast_object_list
 
     # step_scheduler_with_optimizer=False: our step counts are global optimizer steps, so each process advances the
@@ -137,12 +136,59 @@ def start_run(cfg: Section, recipe: str, resume: str | bool | None = None) -> Ru
     seed_everything(train_cfg.seed)
     log = RunLog(run_dir, run_cfg.report_to, cfg.model_dump(mode="json"), enabled=accelerator.is_main_process)
     run = Run(recipe, run_dir, accelerator, log, resume_from, on_nonfinite=train_cfg.on_nonfinite)
+    run.print(threads)
     if resume and resume_from is None:  # killed before its first checkpoint: nothing to resume, start over
         run.print(f"--resume: {run_dir} has no complete checkpoint yet; starting from step 0")
     if accelerator.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(run_dir / "config.yaml", dump_config(cfg))
     return run
+
+
+def set_threads(requested: int = 0) -> str:
+    """Set torch's CPU thread count and say why: ``run.threads`` when given, else the cores that are actually free
+    now (idle time over a 0.1 s sample of /proc/stat, among the cores this process may run on), shared among the
+    processes of this machine. torch's own default counts cores, busy or not, and a 2-thread run on 2 cores of
+    which another process holds one ran many times slower than 1 thread in our measurements."""
+    import os
+
+    if requested:
+        torch.set_num_threads(requested)
+        return f"threads: {requested} (run.threads)"
+    local = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    allowed = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
+    free = free_cores(allowed)
+    if free is None:  # no /proc/stat (not Linux): torch's default
+        return f"threads: {torch.get_num_threads()} (torch's default)"
+    threads = max(1, min(len(allowed), round(free)) // local)
+    torch.set_num_threads(threads)
+    shared = f", shared by {local} processes" if local > 1 else ""
+    return f"threads: {threads} ({free:.1f} of {len(allowed)} cores free{shared}; run.threads overrides)"
+
+
+def free_cores(cpus: Sequence[int], sample_s: float = 0.1) -> float | None:
+    """Idle cores among ``cpus`` over ``sample_s`` seconds (sum of their idle fractions), from /proc/stat."""
+    def read() -> dict[int, tuple[int, int]]:
+        out = {}
+        for line in Path("/proc/stat").read_text().splitlines():
+            name, *values = line.split()
+            if name.startswith("cpu") and name[3:].isdigit():
+                ticks = [int(v) for v in values]
+                out[int(name[3:])] = (ticks[3] + ticks[4], sum(ticks[:8]))  # idle + iowait, total (guest excluded)
+        return out
+
+    try:
+        before = read()
+        time.sleep(sample_s)
+        after = read()
+    except (OSError, ValueError, IndexError):
+        return None
+    free = 0.0
+    for cpu in cpus:
+        if cpu in before and cpu in after:
+            total = after[cpu][1] - before[cpu][1]
+            free += (after[cpu][0] - before[cpu][0]) / total if total > 0 else 1.0
+    return free
 
 
 def require_divisible(world: int, sizes: dict[str, int]) -> None:
@@ -215,6 +261,12 @@ def step_indices(n_rows: int, step: int, batch_size: int, grad_accum: int, seed:
     return out
 
 
+def step_holds(data, train: TrainConfig, unit: str) -> str:
+    """What one optimizer step holds, for the run header: ``64 pairs per step, packed into rows of 512 tokens``."""
+    packed = f", packed into rows of {data.row_length} tokens" if data.row_length else ""
+    return f"{train.batch_size * train.grad_accum} {unit} per step{packed}"
+
+
 def prepare_model(run: Run, model, train: TrainConfig, total: int, lr: float | None = None):
     """AdamW and the schedule over ``total`` optimizer steps for one trained model, wrapped by accelerate.
 
@@ -236,6 +288,15 @@ def prepare_training(run: Run, model, train: TrainConfig, n_rows: int):
     steps = total_steps(train, n_rows, train.batch_size * train.grad_accum)
     model, optimizer, scheduler = prepare_model(run, model, train, steps)
     return model, optimizer, scheduler, steps, run.restore()["step"]
+
+
+def prepare_models(run: Run, train: TrainConfig, models: Sequence[tuple[Any, int, float | None]]
+                   ) -> tuple[list[tuple[Any, Any, Any]], dict[str, Any]]:
+    """Several trained models (PPO's actor and critic): each ``(model, optimizer steps, lr or None)`` gets its own
+    optimizer, schedule and accelerate wrapping, then the checkpoint being resumed restores all of them together.
+    Returns ([(model, optimizer, scheduler), ...], the restored trainer state: {"step": 0} for a fresh run)."""
+    prepared = [prepare_model(run, model, train, total, lr) for model, total, lr in models]
+    return prepared, run.restore()
 
 
 @contextlib.contextmanager
@@ -289,8 +350,8 @@ def generation_model(acc, model):
 def sample_rows(run: Run, model, tokenizer, prompts: list, references: list[str], step: int, run_cfg: RunConfig) -> None:
     """Greedy generations for the first ``run.num_samples`` eval prompts, next to the reference response, into
     samples.jsonl (every process generates: under FSDP / ZeRO-3 gathering the weights is collective)."""
-    from ..data.templates import tokenize_prompt
-    from ..sampling import SamplingParams, generate
+    from .data.templates import tokenize_prompt
+    from .sampling import SamplingParams, generate
 
     prompts, references = prompts[: run_cfg.num_samples], references[: run_cfg.num_samples]
     if not prompts:
@@ -309,7 +370,7 @@ def save_final(run: Run, model, tokenizer, run_cfg: RunConfig) -> None:
     The weights come from ``get_state_dict``, which gathers a full state dict under FSDP / ZeRO-3 (every rank
     must take part), so final/ is a whole model whatever the sharding.
     """
-    from ..models import save_model
+    from .models import save_model
 
     if run_cfg.merge_adapter and is_sharded(run.accelerator):
         raise ConfigError("run.merge_adapter under FSDP / ZeRO-3 is not supported: merge final/ afterwards")

@@ -1,0 +1,156 @@
+"""From prompts to a sampled, scored ``Rollout`` of the whole global batch: what PPO and GRPO share.
+
+Multi-process rule of both recipes: ``train.batch_size`` prompts per step over all processes; each process samples
+and scores its slice (sampling and reward models are the expensive part), then the slices are gathered, so every
+process holds the whole batch and every statistic over it (advantage baselines, whitening, reward normalisation,
+the KL controller, logged metrics) is computed identically everywhere; each process then trains its own rows.
+Rollouts are seeded per global row, so the tokens do not depend on the number of processes.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from ..batch import RolloutBatch
+from ..config import DataConfig
+from ..data.templates import tokenize_prompt
+from ..ops import response_logps
+from ..rewards import RewardSet, fields_of
+from ..sampling import SamplingParams, rollout_batch
+
+
+@dataclass(frozen=True)
+class Rollout:
+    """One step's sampled and scored responses, every process's rows in rank order (B = the global batch).
+
+    Token tensors live in ``batch`` (P prompt width, R response width):
+      batch.input_ids (B, P + R) [left-padded prompt | right-padded response]; batch.attention_mask (B, P + R);
+      batch.position_ids (B, P + R); batch.response_mask (B, R) 1 on response tokens, EOS included;
+      batch.finished (B,) the response ended with a stop token (False: cut at max_new_tokens).
+    """
+
+    batch: RolloutBatch
+    sample_logps: Tensor  # (B, R) the engine's log-prob of each sampled token, log softmax(logits / T); 0 past the end
+    rewards: dict[str, Tensor]  # source label -> (B,) raw score of that reward source
+    total: Tensor  # (B,) the reward sources' weighted sum
+    penalty: Tensor  # (B,) subtracted from total: missing_eos_penalty where the response has no stop token
+    texts: tuple[str, ...]  # (B,) decoded responses
+    examples: tuple  # (B,) the prompt records
+    local: slice  # this process's rows
+    seconds: dict[str, float]  # wall time of this process's "generate" and "score" phases
+
+    @property
+    def score(self) -> Tensor:  # (B,) what the policy is trained to raise: total - penalty
+        return self.total - self.penalty
+
+    @property
+    def lengths(self) -> Tensor:  # (B,) response tokens
+        return self.batch.response_mask.sum(-1)
+
+
+@dataclass(frozen=True)
+class PromptReport:
+    kept: int  # prompts kept
+    truncated: int  # longer than data.max_length, cut to their last max_length tokens
+    dropped: int  # longer than data.max_length with data.overlong = drop
+
+    def describe(self, name: str) -> str:
+        return f"{name}: {self.kept} prompts kept, {self.truncated} truncated (from the left), {self.dropped} dropped as over-length"
+
+
+def tokenize_prompts(examples: Sequence, tokenizer, data: DataConfig, name: str) -> tuple[list, list[list[int]], PromptReport]:
+    """Prompt token ids under ``data.overlong``: truncate keeps the LAST max_length tokens (the question a prompt
+    ends with, and the generation prompt, matter most), drop leaves the prompt out. Returns (kept examples, ids,
+    report); an empty result is an error."""
+    from ..data.formats import DataError
+
+    kept, ids, truncated, dropped = [], [], 0, 0
+    drop = data.overlong == "drop"
+    for example in examples:
+        tokens = tokenize_prompt(tokenizer, example.prompt)
+        if len(tokens) > data.max_length:
+            if drop:
+                dropped += 1
+                continue
+            truncated += 1
+            tokens = tokens[-data.max_length :]
+        kept.append(example)
+        ids.append(tokens)
+    report = PromptReport(len(kept), truncated, dropped)
+    if examples and not kept:
+        raise DataError(f"{name}: every prompt is longer than data.max_length = {data.max_length} and "
+                        "data.overlong = drop; raise data.max_length")
+    return kept, ids, report
+
+
+def sampling_params(section) -> SamplingParams:
+    """The sampling knobs of a recipe's ``sampling:`` section."""
+    return SamplingParams(max_new_tokens=section.max_new_tokens, temperature=section.temperature,
+                          top_p=section.top_p, top_k=section.top_k)
+
+
+def rollout_seeds(seed: int, step: int, first_row: int, n_rows: int) -> list[int]:
+    """One sampling seed per rollout row, a function of (train.seed, step, the row's place in the global batch)."""
+    base = (seed * 1_000_003 + step) * 1_000_033
+    return [(base + row) % 2**62 for row in range(first_row, first_row + n_rows)]
+
+
+def gather_rows(acc, values: Tensor) -> Tensor:
+    """Concatenate every process's (b, ...) rows in rank order (the global batch); identity on one process."""
+    return acc.gather(values) if acc.num_processes > 1 else values
+
+
+def gather_list(acc, items: list) -> list:
+    """Concatenate every process's list of Python objects in rank order."""
+    if acc.num_processes == 1:
+        return items
+    from accelerate.utils import gather_object
+
+    return gather_object(items)
+
+
+def chunks_of(rows: Sequence[int], size: int) -> list[list[int]]:
+    rows = list(rows)
+    return [rows[s : s + size] for s in range(0, len(rows), size)]
+
+
+def collect(acc, engine, model, examples: Sequence, prompt_ids: Sequence[Sequence[int]], seeds: Sequence[int],
+            params: SamplingParams, rewards: RewardSet, missing_eos_penalty: float = 0.0) -> Rollout:
+    """Sample this process's prompts with ``engine`` (one seed per row), score them with every reward source, and
+    gather the whole batch: prompts -> ``Rollout`` on every process. ``examples`` / ``prompt_ids``: this process's
+    rows (a GRPO group's G copies contiguous)."""
+    clock = time.time()
+    gens = engine.generate(model, prompt_ids, params, seeds)
+    seconds = {"generate": time.time() - clock}
+    total, parts = rewards([e.prompt for e in examples], [g.text for g in gens], fields_of(examples))
+    seconds["score"] = time.time() - clock - seconds["generate"]
+    everyone = gather_list(acc, gens)
+    batch = rollout_batch(everyone, engine.tokenizer.pad_token_id).to(acc.device)
+    sample_logps = torch.zeros(batch.response_mask.shape, dtype=torch.float32)
+    for row, g in enumerate(everyone):
+        if g.logps:
+            sample_logps[row, : len(g.logps)] = torch.tensor(g.logps)
+    total = gather_rows(acc, total.to(acc.device).float())
+    first = acc.process_index * len(gens)
+    return Rollout(batch=batch, sample_logps=sample_logps.to(acc.device),
+                   rewards={k: gather_rows(acc, v.to(acc.device).float()) for k, v in parts.items()}, total=total,
+                   penalty=missing_eos_penalty * (~batch.finished).float(), texts=tuple(g.text for g in everyone),
+                   examples=tuple(gather_list(acc, list(examples))), local=slice(first, first + len(gens)),
+                   seconds=seconds)
+
+
+@torch.no_grad()
+def rows_logps(acc, logps_of, batch: RolloutBatch, chunks: list[list[int]]) -> Tensor:
+    """(B, R) response log-probs of the whole batch, without gradients: this process computes its ``chunks`` of
+    rows with ``logps_of(sub_batch)``, then the rows are gathered (so every process can index any row)."""
+    return gather_rows(acc, torch.cat([logps_of(batch.select(c)).float() for c in chunks]))
+
+
+def policy_logps(model, temperature: float):
+    """``logps_of`` for ``rows_logps``: the model's own response log-probs at the sampling temperature."""
+    return lambda sub: response_logps(model, sub, temperature)[0]

@@ -1,0 +1,58 @@
+"""One policy evaluator: answers to held-out prompts from an engine, scored by reward sources. The RL recipes'
+periodic eval, the demo's scoreboard and the tests all read their figures from here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from statistics import fmean
+from typing import Any
+
+import torch
+
+from ..rewards import RewardSet, fields_of
+from ..sampling import SamplingParams
+
+
+@torch.no_grad()
+def evaluate_policy(engine, model, examples: Sequence, prompt_ids: Sequence[Sequence[int]], rewards: RewardSet,
+                    params: SamplingParams, extra: RewardSet | None = None, split_field: str | None = None,
+                    seeds: Sequence[int] | None = None) -> tuple[dict[str, float], list[dict[str, Any]]]:
+    """Generate once per prompt and score; returns (metrics, one row per prompt).
+
+    metrics: ``total`` (the weighted sum of ``rewards``), each source's mean by its label (``extra``'s sources
+    too, never in the total: e.g. a held-out judge), ``eos_rate`` (responses that ended with a stop token),
+    ``response_tokens`` (mean length), and with ``split_field`` (a boolean field such as ``held_out``) each
+    source's mean on either side of it: ``<label>[<field>=true|false]``.
+    """
+    if not examples:
+        return {}, []
+    gens = engine.generate(model, prompt_ids, params, seeds)
+    prompts, texts, fields = [e.prompt for e in examples], [g.text for g in gens], fields_of(examples)
+    total, parts = rewards(prompts, texts, fields)
+    if extra is not None:
+        parts.update(extra(prompts, texts, fields)[1])
+    metrics = {"total": total.mean().item(), **{k: v.mean().item() for k, v in parts.items()},
+               "eos_rate": fmean(float(g.finished) for g in gens),
+               "response_tokens": fmean(len(g.response_ids) for g in gens)}
+    if split_field:
+        sides = torch.tensor([bool(e.fields.get(split_field)) for e in examples])
+        for label, values in parts.items():
+            for flag in (True, False):
+                if (sides == flag).any():
+                    metrics[f"{label}[{split_field}={str(flag).lower()}]"] = values[sides == flag].mean().item()
+    rows = [{"prompt": p[-1].content, "response": t, "total": total[i].item(), **{k: v[i].item() for k, v in parts.items()}}
+            for i, (p, t) in enumerate(zip(prompts, texts))]
+    return metrics, rows
+
+
+def eval_metrics(engine, model, examples: Sequence, prompt_ids: Sequence[Sequence[int]], rewards: RewardSet,
+                 max_new_tokens: int, extra: RewardSet | None = None) -> dict[str, float]:
+    """The RL recipes' periodic eval, as logged: greedy answers, ``reward_eval/<total | label>``, ``length/eval``,
+    ``eos_rate/eval``. Every process computes the same figures (the eval set is small next to training)."""
+    metrics, _ = evaluate_policy(engine, model, examples, prompt_ids, rewards,
+                                 SamplingParams(max_new_tokens=max_new_tokens, temperature=0.0), extra)
+    if not metrics:
+        return {}
+    length, eos = metrics.pop("response_tokens"), metrics.pop("eos_rate")
+    return {**{f"reward_eval/{k}": v for k, v in metrics.items()}, "length/eval": length, "eos_rate/eval": eos}

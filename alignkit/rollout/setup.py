@@ -1,0 +1,68 @@
+"""What PPO and GRPO build before their loops, once: the policy, its frozen reference, the reward sources, the
+tokenized prompt data, and (after the recipe has prepared its trained models) the rollout engine."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from ..data.cache import cached
+from ..data.prepare import load_split
+from ..models import count_parameters, disable_dropout, load_causal_lm, load_reference, load_tokenizer
+from ..rewards import RewardSet
+from .core import tokenize_prompts
+from .engines import make_engine
+from .evaluate import eval_metrics
+
+
+@dataclass
+class RLSetup:
+    """The pieces every RL recipe's loop uses. ``policy`` is the trained model (accelerate-wrapped once the recipe
+    has prepared it: ``ready`` then swaps it in and builds the engine)."""
+
+    accelerator: Any
+    tokenizer: Any
+    policy: Any
+    reference: Any  # models.Reference, or None when no KL to a reference is computed
+    rewards: RewardSet
+    eval_only: RewardSet | None  # sources scored at eval only, never optimised
+    train: tuple[list, list[list[int]]]  # (prompt records, prompt token ids)
+    eval: tuple[list, list[list[int]]]
+    prompts: dict[str, int]  # the train prompts' report: kept, truncated, dropped
+    parameters: tuple[int, int] = (0, 0)  # the policy's (trainable, total)
+    engine: Any = None
+
+    def ready(self, cfg, prepared_policy) -> None:
+        """The prepared (wrapped) policy replaces the loaded one, the reference follows it (a LoRA reference is the
+        policy with its adapter off), and the engine is built and given the weights (a resumed run's)."""
+        self.policy = prepared_policy
+        if self.reference is not None and self.reference.policy is not None:
+            self.reference.policy = prepared_policy
+        self.engine = make_engine(cfg.sampling, self.accelerator, self.tokenizer, cfg.model.name_or_path,
+                                  cfg.data.max_length + cfg.sampling.max_new_tokens)
+        self.engine.sync(prepared_policy)
+        self.parameters = count_parameters(prepared_policy)
+
+    def evaluate(self, cfg) -> dict[str, float]:
+        """Greedy answers to the eval prompts, scored by every source (``reward_eval/*``, ``length/eval``...)."""
+        return eval_metrics(self.engine, self.policy, *self.eval, self.rewards, cfg.sampling.max_new_tokens,
+                            self.eval_only)
+
+
+def load_rl(run, cfg, with_reference: bool) -> RLSetup:
+    """Load the policy (dropout off: the ratio must compare the same function at rollout and update time), its
+    reference when asked, the reward sources and the tokenized prompts of ``cfg``."""
+    acc = run.accelerator
+    tokenizer = load_tokenizer(cfg.model, announce=run.print)
+    policy = load_causal_lm(cfg.model, tokenizer, acc.device)
+    disable_dropout(policy)
+    policy.train()
+    reference = load_reference(cfg.model, None, policy, tokenizer, acc.device, acc.autocast) if with_reference else None
+    rewards = RewardSet(cfg.rewards, acc.device, cfg.data.max_length + cfg.sampling.max_new_tokens, acc.autocast)
+    eval_only = RewardSet(cfg.eval_rewards, acc.device, autocast=acc.autocast) if cfg.eval_rewards else None
+    train_examples, eval_examples = load_split(cfg.data, "prompt", cfg.train.seed)
+    train_examples, prompt_ids, report = cached(tokenize_prompts, train_examples, tokenizer, cfg.data, "train")
+    eval_examples, eval_ids, _ = cached(tokenize_prompts, eval_examples, tokenizer, cfg.data, "eval")
+    run.print(report.describe("train"))
+    return RLSetup(acc, tokenizer, policy, reference, rewards, eval_only, (train_examples, prompt_ids),
+                   (eval_examples, eval_ids), report.__dict__)
