@@ -443,6 +443,12 @@ class EvalConfig(Section):
         refuse_unused(self)
         if self.eval.mode == "policy" and not self.rewards:
             raise ValueError("eval.mode = policy needs rewards: [...] to score the answers (e.g. - builtin: demo_gold)")
+        if self.eval.mode == "policy" and self.model.name_or_path == "demo:rm":
+            raise ValueError("eval.mode = policy: set model.name_or_path to the policy to evaluate (the default, "
+                             "demo:rm, is a reward model)")
+        if self.eval.mode == "policy" and self.data.train == "demo:prefs_eval":
+            raise ValueError("eval.mode = policy: set data.train to a prompt file (the default, demo:prefs_eval, is "
+                             "preference data)")
         if self.eval.mode == "reward_model" and self.rewards:
             raise ValueError("rewards: has no effect here: it scores a policy's answers (eval.mode = policy)")
         return self

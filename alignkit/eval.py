@@ -70,13 +70,11 @@ def eval_policy(cfg) -> dict:
     (and each source per side of ``eval.group_by``). The answers and their scores go to ``samples.jsonl``."""
     import json
 
-    import torch
-
     from .checkpoint import atomic_write_json, atomic_write_text
     from .config import dump_config
     from .data.loading import load_examples
     from .data.prepare import resolve_data_source
-    from .models import load_causal_lm, load_tokenizer
+    from .models import load_causal_lm, load_tokenizer, resolve_device
     from .rewards import RewardSet
     from .rollout.core import rollout_seeds, tokenize_prompts
     from .rollout.engines import HFEngine
@@ -87,7 +85,7 @@ def eval_policy(cfg) -> dict:
     run_dir = resolve_run_dir(cfg.run, "eval", None)
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(run_dir / "config.yaml", dump_config(cfg))
-    device = torch.device("cuda" if cfg.model.device != "cpu" and torch.cuda.is_available() else "cpu")
+    device = resolve_device(cfg.model.device)
     tokenizer = load_tokenizer(cfg.model)
     model = load_causal_lm(cfg.model, tokenizer, device, trainable=False)
     examples = load_examples(resolve_data_source(cfg.data.train), "prompt", cfg.data.format, split=cfg.data.split,

@@ -416,7 +416,11 @@ def cispo_policy_loss(logps: Tensor, old_logps: Tensor, advantages: Tensor, mask
     ratio = torch.exp(log_ratio)
     weight = torch.clamp(ratio, 1 - clip_low, 1 + clip_high).detach()
     loss = -weight * advantages * logps
-    return loss * mask, _clip_stats(ratio, advantages, mask, clip_low, clip_high, log_ratio)
+    with torch.no_grad():  # the weight is truncated whatever the advantage's sign (unlike the PPO clip)
+        low, high = (ratio < 1 - clip_low).float() * mask, (ratio > 1 + clip_high).float() * mask
+        stats = {"clip_low": low, "clip_high": high, "clipfrac": low + high,
+                 "approx_kl": (ratio - 1 - log_ratio) * mask, "ratio": ratio.detach() * mask}
+    return loss * mask, stats
 
 
 def sapo_policy_loss(logps: Tensor, old_logps: Tensor, advantages: Tensor, mask: Tensor, tau_pos: float = 1.0,

@@ -35,6 +35,7 @@ class Run:
     started: float = field(default_factory=time.time)
     skipped_steps: int = 0  # optimizer steps skipped for a non-finite loss or gradient (train.on_nonfinite: skip)
     prepared: int = 0  # trained models wrapped by accelerate so far
+    fixed_threads: bool = False  # run.threads was given (else a resumed run takes the thread count it started with)
 
     @property
     def is_main(self) -> bool:
@@ -66,7 +67,8 @@ class Run:
         self.log.flush()
         save_checkpoint(self.accelerator, self.dir, step, {**state, "skipped_steps": self.skipped_steps,
                                                            "log_rows": len(self.log.rows),
-                                                           "log_samples": len(self.log.samples)}, keep)
+                                                           "log_samples": len(self.log.samples),
+                                                           "threads": torch.get_num_threads()}, keep)
 
     def restore(self) -> dict[str, Any]:
         """Load the checkpoint being resumed (models and optimizers already prepared): its trainer state, with the
@@ -76,6 +78,10 @@ class Run:
         state = load_checkpoint(self.accelerator, self.resume_from)
         self.log.resume(state["log_rows"], state["log_samples"])
         self.skipped_steps = state.get("skipped_steps", 0)
+        if not self.fixed_threads and state.get("threads") and state["threads"] != torch.get_num_threads():
+            # CPU results depend on the thread count: resume with the one the run started with
+            torch.set_num_threads(state["threads"])
+            self.print(f"threads: {state['threads']} (as when the run started)")
         self.print(f"resumed from {self.resume_from} at step {state['step']}")
         return state
 
@@ -115,7 +121,6 @@ def start_run(cfg: Section, recipe: str, resume: str | bool | None = None) -> Ru
     run_cfg: RunConfig = cfg.run  # type: ignore[attr-defined]
     train_cfg: TrainConfig = cfg.train  # type: ignore[attr-defined]
     quiet_libraries()
-    threads = set_threads(run_cfg.threads)
     from accelerate.utils import broadcast_object_list
 
     # step_scheduler_with_optimizer=False: our step counts are global optimizer steps, so each process advances the
@@ -124,6 +129,10 @@ def start_run(cfg: Section, recipe: str, resume: str | bool | None = None) -> Ru
     accelerator = Accelerator(mixed_precision=_mixed_precision(train_cfg.mixed_precision), cpu=_cpu_only(cfg),
                               step_scheduler_with_optimizer=False)
     world = accelerator.num_processes
+    # one thread count for every process of the run, chosen by the main one (CPU reductions depend on it)
+    chosen = choose_threads(run_cfg.threads) if accelerator.is_main_process else None
+    threads, why = broadcast_object_list([chosen])[0] if world > 1 else chosen
+    torch.set_num_threads(threads)
     require_divisible(world, {"train.batch_size": train_cfg.batch_size})
     run_dir = resolve_run_dir(run_cfg, recipe, resume)
     if world > 1:  # {time} must name one folder on every process
@@ -135,8 +144,9 @@ def start_run(cfg: Section, recipe: str, resume: str | bool | None = None) -> Ru
             raise FileNotFoundError(f"--resume: {run_dir} is not a run folder (no config.yaml, no checkpoints)")
     seed_everything(train_cfg.seed)
     log = RunLog(run_dir, run_cfg.report_to, cfg.model_dump(mode="json"), enabled=accelerator.is_main_process)
-    run = Run(recipe, run_dir, accelerator, log, resume_from, on_nonfinite=train_cfg.on_nonfinite)
-    run.print(threads)
+    run = Run(recipe, run_dir, accelerator, log, resume_from, on_nonfinite=train_cfg.on_nonfinite,
+              fixed_threads=bool(run_cfg.threads))
+    run.print(f"threads: {threads} ({why})")
     if resume and resume_from is None:  # killed before its first checkpoint: nothing to resume, start over
         run.print(f"--resume: {run_dir} has no complete checkpoint yet; starting from step 0")
     if accelerator.is_main_process:
@@ -145,25 +155,23 @@ def start_run(cfg: Section, recipe: str, resume: str | bool | None = None) -> Ru
     return run
 
 
-def set_threads(requested: int = 0) -> str:
-    """Set torch's CPU thread count and say why: ``run.threads`` when given, else the cores that are actually free
-    now (idle time over a 0.1 s sample of /proc/stat, among the cores this process may run on), shared among the
-    processes of this machine. torch's own default counts cores, busy or not, and a 2-thread run on 2 cores of
+def choose_threads(requested: int = 0) -> tuple[int, str]:
+    """torch's CPU thread count for this run, and why: ``run.threads`` when given, else the cores that are actually
+    free now (idle time over a 0.1 s sample of /proc/stat, among the cores this process may run on), shared among
+    the processes of this machine. torch's own default counts cores, busy or not, and a 2-thread run on 2 cores of
     which another process holds one ran many times slower than 1 thread in our measurements."""
     import os
 
     if requested:
-        torch.set_num_threads(requested)
-        return f"threads: {requested} (run.threads)"
+        return requested, "run.threads"
     local = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
     allowed = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
     free = free_cores(allowed)
     if free is None:  # no /proc/stat (not Linux): torch's default
-        return f"threads: {torch.get_num_threads()} (torch's default)"
-    threads = max(1, min(len(allowed), round(free)) // local)
-    torch.set_num_threads(threads)
+        return torch.get_num_threads(), "torch's default"
     shared = f", shared by {local} processes" if local > 1 else ""
-    return f"threads: {threads} ({free:.1f} of {len(allowed)} cores free{shared}; run.threads overrides)"
+    return (max(1, min(len(allowed), round(free)) // local),
+            f"{free:.1f} of {len(allowed)} cores free{shared}; run.threads overrides")
 
 
 def free_cores(cpus: Sequence[int], sample_s: float = 0.1) -> float | None:

@@ -101,10 +101,12 @@ elif kind == "ppo":
     from trl.experimental.ppo import PPOConfig, PPOTrainer
     tokenizer.padding_side = "left"
     ids = [tokenizer.apply_chat_template(user(r["prompt"]), add_generation_prompt=True, tokenize=True) for r in rows]
-    ids = [x["input_ids"] if isinstance(x, dict) else x for x in ids]
+    ids = [list(x["input_ids"]) if hasattr(x, "keys") else list(x) for x in ids]
     data = Dataset.from_list([{"input_ids": x} for x in ids])
     batch, mini = spec["batch"], spec["mini_batch"]
-    args = PPOConfig(**{k: v for k, v in common.items() if k != "max_steps"}, per_device_train_batch_size=mini,
+    # TRL 1.12: rollout batch = per_device x grad_accum, split into num_mini_batches optimizer steps, each in
+    # micro-batches of at most per_device: per_device = batch with grad_accum 1 gives one step per mini-batch
+    args = PPOConfig(**{k: v for k, v in common.items() if k != "max_steps"}, per_device_train_batch_size=batch,
                      gradient_accumulation_steps=1, num_mini_batches=batch // mini, num_ppo_epochs=spec["epochs"],
                      total_episodes=spec["steps"] * batch, response_length=spec["new_tokens"], temperature=1.0,
                      stop_token="eos", kl_coef=0.05, kl_estimator="k1", cliprange=0.2, cliprange_value=0.2,
@@ -172,7 +174,8 @@ def build_model(folder: Path) -> int:
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     # PPO's reward model and critic start: the same backbone shape with a scalar head
-    reward = LlamaForSequenceClassification(LlamaConfig(**{**config.to_dict(), "num_labels": 1}))
+    labels = {k: v for k, v in config.to_dict().items() if k not in ("id2label", "label2id")}
+    reward = LlamaForSequenceClassification(LlamaConfig(**labels, num_labels=1))
     reward.save_pretrained(folder.parent / "reward_model")
     tokenizer.save_pretrained(folder.parent / "reward_model")
     return sum(p.numel() for p in model.parameters())
@@ -319,13 +322,19 @@ def main() -> None:
     n_params = build_model(model_dir)
     (work / "rewards.py").write_text(REWARDS)
     peak = matmul_gflops(THREADS)
+    # the first 800 records of each demo set: enough for the steps run, and both sides' start-up (DPO's
+    # reference pass over the whole set) stays short
+    sets = {}
+    for name in ("sft", "prefs", "prompts"):
+        sets[name] = work / f"{name}.jsonl"
+        sets[name].write_text("".join(demo_data(name).read_text().splitlines(keepends=True)[:800]))
     specs = {
-        "sft": {"data": str(demo_data("sft")), "batch": 32, "steps": 30, "lr": 1e-4, "max_length": 128},
-        "rm": {"data": str(demo_data("prefs")), "batch": 32, "steps": 30, "lr": 1e-5, "max_length": 128},
-        "dpo": {"data": str(demo_data("prefs")), "batch": 32, "steps": 30, "lr": 1e-6, "max_length": 128},
-        "grpo": {"data": str(demo_data("prompts")), "batch": 4, "group": 8, "new_tokens": 32, "steps": 12,
+        "sft": {"data": str(sets["sft"]), "batch": 32, "steps": 20, "lr": 1e-4, "max_length": 128},
+        "rm": {"data": str(sets["prefs"]), "batch": 32, "steps": 20, "lr": 1e-5, "max_length": 128},
+        "dpo": {"data": str(sets["prefs"]), "batch": 32, "steps": 20, "lr": 1e-6, "max_length": 128},
+        "grpo": {"data": str(sets["prompts"]), "batch": 4, "group": 8, "new_tokens": 32, "steps": 12,
                  "lr": 1e-6, "max_length": 128},
-        "ppo": {"data": str(demo_data("prompts")), "batch": 16, "mini_batch": 8, "epochs": 4, "new_tokens": 32,
+        "ppo": {"data": str(sets["prompts"]), "batch": 16, "mini_batch": 8, "epochs": 4, "new_tokens": 32,
                 "steps": 8, "lr": 1e-6, "max_length": 128, "reward_model": str(work / "reward_model")},
     }
     versions = subprocess.run([str(trl_main_python), "-c", "import trl, transformers, torch; print(trl.__version__, "
@@ -378,7 +387,8 @@ def main() -> None:
             extra = f", mean completion tokens {statistics.fmean(lengths):.1f}" if lengths else ""
             if e.get("eos"):
                 extra += f", rollouts stopped by EOS per step {statistics.fmean(e['eos']):.1f} of {spec['batch']}"
-            print(f"  {kind:<5} {side:<16} optimizer steps {e['steps']}, parameters {e['parameters']:,}, batch "
+            unit = "rollout steps" if kind in ("grpo", "ppo") else "optimizer steps"
+            print(f"  {kind:<5} {side:<16} {unit} {e['steps']}, parameters {e['parameters']:,}, batch "
                   f"{spec['batch']}{' prompts x ' + str(spec['group']) + ' completions' if kind == 'grpo' else ''}"
                   f"{' rollouts, ' + str(spec['epochs']) + ' epochs of mini-batches of ' + str(spec['mini_batch']) if kind == 'ppo' else ''}{extra}")
 

@@ -77,17 +77,15 @@ def test_engine_choice():
 
 
 def test_threads_follow_run_threads_or_the_free_cores():
-    from alignkit.runtime import free_cores, set_threads
+    import os
 
-    before = torch.get_num_threads()
-    try:
-        assert set_threads(1) == "threads: 1 (run.threads)" and torch.get_num_threads() == 1
-        message = set_threads(0)
-        assert "cores free" in message and 1 <= torch.get_num_threads() <= len(__import__("os").sched_getaffinity(0))
-        free = free_cores([0])
-        assert free is not None and 0.0 <= free <= 1.0
-    finally:
-        torch.set_num_threads(before)
+    from alignkit.runtime import choose_threads, free_cores
+
+    assert choose_threads(3) == (3, "run.threads")
+    threads, why = choose_threads(0)
+    assert "cores free" in why and 1 <= threads <= len(os.sched_getaffinity(0))
+    free = free_cores([0])
+    assert free is not None and 0.0 <= free <= 1.0
 
 
 @pytest.mark.skipif(not HAS_VLLM, reason="needs vLLM and a CUDA GPU (the vllm extra); not run here")
@@ -99,7 +97,7 @@ def test_vllm_engine_matches_the_hf_engine_and_follows_weight_pushes(demo_sft, d
     section = SimpleNamespace(vllm_gpu_memory_utilization=0.2, vllm_tensor_parallel_size=1, vllm_sleep=True,
                               vllm_max_model_len=None)
     acc = SimpleNamespace(process_index=0, local_process_index=0, num_processes=1, unwrap_model=lambda m: m)
-    engine = VLLMEngine(acc, demo_tokenizer, str(demo_sft), section, 512)
+    engine = VLLMEngine(acc, demo_tokenizer, model, section, 512)
     hf = HFEngine(None, demo_tokenizer)
     _, ids = demo_prompts(demo_tokenizer)
     greedy = SamplingParams(max_new_tokens=12, temperature=0.0)

@@ -2,8 +2,8 @@
 
 The key is a fingerprint of everything the tokenised rows depend on: the examples themselves (their content, so
 any source, file or hub, is covered and an edited file misses), the tokenizer (its vocabulary and merges, special
-tokens, chat template), the limits (``max_length``, ``overlong``, ``loss_on``), the tokenising function and this
-module's format version. Files live in ``$ALIGNKIT_CACHE_DIR/tokenized`` (default ``~/.cache/alignkit``), written
+tokens, chat template), the limits (``max_length``, ``overlong``, ``loss_on``), the tokenising function, the
+source of alignkit's templates and tokenizing code, and the transformers and tokenizers versions. Files live in ``$ALIGNKIT_CACHE_DIR/tokenized`` (default ``~/.cache/alignkit``), written
 atomically; a file that cannot be read is recomputed. ``data.cache_tokenized: false`` turns it off. The files are
 Python pickles that alignkit writes for itself: do not load cache folders from people you do not trust.
 """
@@ -35,10 +35,25 @@ def tokenizer_fingerprint(tokenizer) -> str:
                       repr(getattr(tokenizer, "add_bos_token", None)), repr(getattr(tokenizer, "add_eos_token", None))])
 
 
+def code_fingerprint(fn: Callable) -> str:
+    """The versions and code that render and split text: transformers, tokenizers, and alignkit's chat templates,
+    tokenizing helpers and the module of ``fn`` (their source), so an upgrade of any of them misses."""
+    import inspect
+
+    import tokenizers
+    import transformers
+
+    from . import prepare, templates
+
+    modules = {templates, prepare, inspect.getmodule(fn)}
+    return "\n".join([transformers.__version__, tokenizers.__version__,
+                      *sorted(inspect.getsource(m) for m in modules if m is not None)])
+
+
 def fingerprint(fn: Callable, examples: Sequence, tokenizer, data: DataConfig) -> str:
     digest = hashlib.sha256()
-    for part in (f"v{FORMAT_VERSION}", f"{fn.__module__}.{fn.__qualname__}", tokenizer_fingerprint(tokenizer),
-                 repr((data.max_length, data.overlong, data.loss_on))):
+    for part in (f"v{FORMAT_VERSION}", code_fingerprint(fn), f"{fn.__module__}.{fn.__qualname__}",
+                 tokenizer_fingerprint(tokenizer), repr((data.max_length, data.overlong, data.loss_on))):
         digest.update(part.encode())
         digest.update(b"\0")
     for example in examples:

@@ -38,7 +38,7 @@ class RLSetup:
         self.policy = prepared_policy
         if self.reference is not None and self.reference.policy is not None:
             self.reference.policy = prepared_policy
-        self.engine = make_engine(cfg.sampling, self.accelerator, self.tokenizer, cfg.model.name_or_path,
+        self.engine = make_engine(cfg.sampling, self.accelerator, self.tokenizer, prepared_policy,
                                   cfg.data.max_length + cfg.sampling.max_new_tokens)
         self.engine.sync(prepared_policy)
         self.parameters = count_parameters(prepared_policy)
