@@ -62,6 +62,16 @@ def set_up(run: Run, cfg: GRPOConfig) -> Setup:
     return s
 
 
+def describe(cfg: GRPOConfig, s: Setup, world: int) -> str:
+    """The run header: the variant, what one step samples and trains, what is rewarded."""
+    g, mu = cfg.grpo.group_size, cfg.grpo.num_iterations
+    return (f"grpo ({cfg.grpo.advantage}, {cfg.grpo.ratio} policy loss, G={g}, mu={mu}, beta={cfg.grpo.beta}, "
+            f"{s.engine.name} engine): {len(s.train[0])} prompts, {s.steps} steps x {cfg.train.batch_size} prompts "
+            f"x {g} samples ({cfg.train.batch_size // world * g} sequences per process), {mu} optimizer "
+            f"step(s) per rollout step, {s.parameters[0]:,} of {s.parameters[1]:,} parameters trainable, "
+            f"rewards: {', '.join(f'{x.weight:g} x {x.label}' for x in cfg.rewards)}")
+
+
 def update(run, step: int, cfg: GRPOConfig, s: Setup, r: Rollout, advantages, mask, old_logps, ref_logps,
            chunks) -> tuple[dict[str, torch.Tensor], float]:
     """mu optimizer steps, each over this process's rows of the rollout in micro-batches, the loss aggregated over
@@ -131,11 +141,7 @@ def train(cfg: GRPOConfig, resume: str | bool | None = None) -> dict:
     acc, g, mu, temperature = run.accelerator, cfg.grpo.group_size, cfg.grpo.num_iterations, cfg.sampling.temperature
     s = set_up(run, cfg)
     (train_examples, prompt_ids), steps = s.train, s.steps
-    run.print(f"grpo ({cfg.grpo.advantage}, {cfg.grpo.ratio} policy loss, G={g}, mu={mu}, beta={cfg.grpo.beta}, "
-              f"{s.engine.name} engine): {len(train_examples)} prompts, {steps} steps x {cfg.train.batch_size} prompts "
-              f"x {g} samples ({cfg.train.batch_size // acc.num_processes * g} sequences per process), {mu} optimizer "
-              f"step(s) per rollout step, {s.parameters[0]:,} of {s.parameters[1]:,} parameters trainable, "
-              f"rewards: {', '.join(f'{x.weight:g} x {x.label}' for x in cfg.rewards)}")
+    run.print(describe(cfg, s, acc.num_processes))
     if s.start == 0:
         run.log.log(0, s.evaluate(cfg))
 

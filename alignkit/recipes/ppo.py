@@ -113,6 +113,17 @@ def set_up(run: Run, cfg: PPOConfig) -> Setup:
     return s
 
 
+def describe(cfg: PPOConfig, s: Setup) -> str:
+    """The run header: what one step does, where the critic comes from, what is trained and rewarded."""
+    p = cfg.ppo
+    critic_from = "a value head on the actor" if p.critic == "shared" else cfg.critic_path
+    return (f"ppo ({s.engine.name} engine): {len(s.train[0])} prompts, {s.steps} steps x {cfg.train.batch_size} "
+            f"rollouts, {p.ppo_epochs} epochs x {cfg.train.batch_size // p.mini_batch_size} mini-batches = "
+            f"{s.per_step} optimizer steps per rollout step (train.lr applies to each), critic from {critic_from}, "
+            f"actor {s.parameters[0]:,} of {s.parameters[1]:,} trainable, "
+            f"rewards: {', '.join(f'{x.weight:g} x {x.label}' for x in cfg.rewards)}")
+
+
 def shaped_scores(cfg: PPOConfig, r: Rollout, moments: RunningMoments) -> torch.Tensor:
     """The whole batch's sequence scores as PPO optimises them: the rollout's score (reward sources less the
     no-EOS penalty), less the length penalty, normalised, clipped. (B,)"""
@@ -221,12 +232,7 @@ def train(cfg: PPOConfig, resume: str | bool | None = None) -> dict:
     s = set_up(run, cfg)
     (train_examples, prompt_ids), steps = s.train, s.steps
     start, kl_coef, moments = s.state["step"], s.state.get("kl_coef", p.kl_coef), RunningMoments(s.state.get("reward_moments"))
-    critic_from = "a value head on the actor" if p.critic == "shared" else cfg.critic_path
-    run.print(f"ppo ({s.engine.name} engine): {len(train_examples)} prompts, {steps} steps x {cfg.train.batch_size} "
-              f"rollouts, {p.ppo_epochs} epochs x {cfg.train.batch_size // p.mini_batch_size} mini-batches = "
-              f"{s.per_step} optimizer steps per rollout step (train.lr applies to each), critic from {critic_from}, "
-              f"actor {s.parameters[0]:,} of {s.parameters[1]:,} trainable, "
-              f"rewards: {', '.join(f'{x.weight:g} x {x.label}' for x in cfg.rewards)}")
+    run.print(describe(cfg, s))
     if start == 0:
         run.log.log(0, s.evaluate(cfg))
 
