@@ -11,7 +11,7 @@ from ..data.prepare import load_split
 from ..models import count_parameters, disable_dropout, load_causal_lm, load_reference, load_tokenizer
 from ..rewards import RewardSet
 from .core import tokenize_prompts
-from .engines import make_engine
+from .engines import engine_name, make_engine
 from .evaluate import eval_metrics
 
 
@@ -53,6 +53,7 @@ def load_rl(run, cfg, with_reference: bool) -> RLSetup:
     """Load the policy (dropout off: the ratio must compare the same function at rollout and update time), its
     reference when asked, the reward sources and the tokenized prompts of ``cfg``."""
     acc = run.accelerator
+    engine_name(cfg.sampling.engine)  # an engine this machine cannot run is refused before anything loads
     tokenizer = load_tokenizer(cfg.model, announce=run.print)
     policy = load_causal_lm(cfg.model, tokenizer, acc.device)
     disable_dropout(policy)
