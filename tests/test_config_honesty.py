@@ -113,8 +113,12 @@ def test_eval_config_fields_are_read_or_refused(tmp_path, monkeypatch, demo_rm):
 
     cfg = load_config(EvalConfig, None, [f"run.output_dir={tmp_path / 'eval'}", "run.threads=1"])
     reads = run_recording(cfg, "eval", monkeypatch)
+    from alignkit.demo.assets import demo_data
+
+    prompts = tmp_path / "prompts.jsonl"  # a slice: every field is read on 20 prompts as on 200
+    prompts.write_text("".join(demo_data("prompts_eval").read_text().splitlines(keepends=True)[:20]))
     policy = load_config(EvalConfig, None, [f"run.output_dir={tmp_path / 'policy'}", "run.threads=1", "eval.mode=policy",
-                                            "model.name_or_path=demo:sft", "data.train=demo:prompts_eval",
+                                            "model.name_or_path=demo:sft", f"data.train={prompts}",
                                             "eval.temperature=0.7", "eval.group_by=held_out", "eval.max_new_tokens=4",
                                             'rewards=[{builtin: demo_gold}, {reward_model: "demo:rm", normalize: false, '
                                             'name: rm}, {judge: "demo:sft", args: {max_new_tokens: 2}, dtype: float32}]'])

@@ -134,18 +134,22 @@ def test_generation_stops_at_the_templates_end_of_turn_token(demo_tokenizer):
 
 def test_alignkit_eval_policy_is_the_evaluator_the_demo_uses(demo_sft, tmp_path):
     """`alignkit eval` in policy mode and the demo's scoreboard go through one evaluator: the same greedy answers
-    to the same 200 prompts get the same gold and format scores, overall and on the held-out side."""
+    to the same 80 prompts get the same gold and format scores, overall and on the held-out side."""
     import json
     from pathlib import Path
 
     from alignkit.cli import main
+    from alignkit.demo.assets import demo_data
     from alignkit.demo.run import score_model
 
+    prompts = tmp_path / "prompts.jsonl"  # the demo's first 80 eval prompts, as score_model(n_prompts=80) reads them
+    prompts.write_text("".join(demo_data("prompts_eval").read_text().splitlines(keepends=True)[:80]))
     example = Path(__file__).resolve().parent.parent / "examples" / "eval_policy.yaml"
-    assert main(["eval", str(example), f"model.name_or_path={demo_sft}", f"run.output_dir={tmp_path / 'eval'}"]) == 0
+    assert main(["eval", str(example), f"model.name_or_path={demo_sft}", f"data.train={prompts}",
+                 f"run.output_dir={tmp_path / 'eval'}"]) == 0
     summary = json.loads((tmp_path / "eval" / "summary.json").read_text())
-    demo = score_model(str(demo_sft))
-    assert summary["prompts"]["kept"] == 200
+    demo = score_model(str(demo_sft), n_prompts=80)
+    assert summary["prompts"]["kept"] == 80
     assert summary["demo_gold"] == pytest.approx(demo["gold"]) and summary["demo_format"] == pytest.approx(demo["format"])
     assert summary["demo_gold[held_out=true]"] == pytest.approx(demo["gold[held_out=true]"])
-    assert len((tmp_path / "eval" / "samples.jsonl").read_text().splitlines()) == 200
+    assert len((tmp_path / "eval" / "samples.jsonl").read_text().splitlines()) == 80
