@@ -1,11 +1,10 @@
-"""``alignkit eval``: what a trained reward model's scores say about it (accuracy, margins, calibration, the
-ready-for-PPO verdict), or how a policy's answers score (``eval.mode: policy``, through the one policy evaluator
-that the RL recipes and the demo use, ``rollout.evaluate``).
-"""
+"""Reward-model evaluation: what a trained reward model's scores on held-out preference data say about it
+(accuracy, margins, calibration) and the ready-for-PPO verdict."""
 
 from __future__ import annotations
 
-# ------------------------------------------------------------------------------------- reward-model figures
+from .table import print_table
+
 MARGIN_BUCKETS = (0.0, 0.5, 1.0, 2.0, float("inf"))
 
 
@@ -52,71 +51,6 @@ def pair_margins(rewards, valid):
     return (rewards[:, i] - rewards[:, j])[keep]
 
 
-def run_eval(cfg, resume=None) -> dict:
-    """``alignkit eval CONFIG.yaml``: the evaluation ``eval.mode`` names (reward_model or policy)."""
-    from .runtime import quiet_libraries
-
-    quiet_libraries()
-    if cfg.run.threads:
-        import torch
-
-        torch.set_num_threads(cfg.run.threads)
-    return EVAL_MODES[cfg.eval.mode](cfg)
-
-
-def eval_policy(cfg) -> dict:
-    """Answer every prompt of ``data.train`` with the causal LM in ``model`` (greedy, or sampled with seeds) and
-    score the answers with ``rewards``: each source's mean, their weighted total, the EOS rate and the mean length
-    (and each source per side of ``eval.group_by``). The answers and their scores go to ``samples.jsonl``."""
-    import json
-
-    from .checkpoint import atomic_write_json, atomic_write_text
-    from .config import dump_config
-    from .data.loading import load_examples
-    from .data.prepare import resolve_data_source
-    from .models import load_causal_lm, load_tokenizer, resolve_device
-    from .rewards import RewardSet
-    from .rollout.core import rollout_seeds, tokenize_prompts
-    from .rollout.engines import HFEngine
-    from .rollout.evaluate import evaluate_policy
-    from .runtime import resolve_run_dir
-    from .sampling import SamplingParams
-
-    run_dir = resolve_run_dir(cfg.run, "eval", None)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(run_dir / "config.yaml", dump_config(cfg))
-    device = resolve_device(cfg.model.device)
-    tokenizer = load_tokenizer(cfg.model)
-    model = load_causal_lm(cfg.model, tokenizer, device, trainable=False)
-    examples = load_examples(resolve_data_source(cfg.data.train), "prompt", cfg.data.format, split=cfg.data.split,
-                             subset=cfg.data.subset)
-    examples, prompt_ids, report = tokenize_prompts(examples, tokenizer, cfg.data, cfg.data.train)
-    rewards = RewardSet(cfg.rewards, device, cfg.data.max_length + cfg.eval.max_new_tokens)
-    e = cfg.eval
-    params = SamplingParams(max_new_tokens=e.max_new_tokens, temperature=e.temperature)
-    seeds = rollout_seeds(e.seed, 0, 0, len(examples)) if e.temperature > 0 else None
-    metrics, rows = evaluate_policy(HFEngine(None, tokenizer, batch_size=e.batch_size), model, examples, prompt_ids,
-                                    rewards, params, split_field=e.group_by, seeds=seeds)
-    atomic_write_text(run_dir / "samples.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
-    summary = {"mode": "policy", "model": cfg.model.name_or_path, "data": cfg.data.train, "prompts": report.__dict__,
-               "sampling": {"max_new_tokens": e.max_new_tokens, "temperature": e.temperature}, **metrics,
-               "run_dir": str(run_dir)}
-    atomic_write_json(run_dir / "summary.json", summary)
-    _print_table(f"alignkit eval: policy on {len(examples)} prompts", summary, skip=("prompts", "sampling"))
-    return summary
-
-
-def _print_table(title: str, summary: dict, skip: tuple[str, ...] = ()) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(title=title, show_header=False, title_justify="left")
-    for key, value in summary.items():
-        if key not in skip:
-            table.add_row(key, f"{value:.4g}" if isinstance(value, float) else str(value))
-    Console().print(table)
-
-
 def eval_reward_model(cfg) -> dict:
     """Score held-out preference data with a trained reward model and say whether it is ready for PPO.
 
@@ -129,12 +63,12 @@ def eval_reward_model(cfg) -> dict:
 
     import torch
 
-    from .checkpoint import atomic_write_text
-    from .config import dump_config
-    from .data.loading import load_examples
-    from .data.prepare import preference_kind, resolve_data_source
-    from .rewards import RewardModelScorer
-    from .runtime import resolve_run_dir
+    from ..checkpoint import atomic_write_text
+    from ..config import dump_config
+    from ..data.loading import load_examples
+    from ..data.prepare import preference_kind, resolve_data_source
+    from ..rewards import RewardModelScorer
+    from ..runtime import resolve_run_dir
 
     run_dir = resolve_run_dir(cfg.run, "eval", None)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -164,11 +98,10 @@ def eval_reward_model(cfg) -> dict:
     summary = {"mode": "reward_model", "model": cfg.model.name_or_path, "data": cfg.data.train, "records": len(examples),
                **figures, "reward_mean": float(torch.tensor(scores).mean()), "reward_std": float(torch.tensor(scores).std()),
                "stored_stats": scorer.stats, "verdict": verdict, "run_dir": str(Path(run_dir))}
-    from .checkpoint import atomic_write_json
+    from ..checkpoint import atomic_write_json
 
     atomic_write_json(run_dir / "summary.json", summary)
-    _print_table(f"alignkit eval: reward model on {len(examples)} records", summary, skip=("stored_stats",))
+    print_table(f"alignkit eval: reward model on {len(examples)} records", summary, skip=("stored_stats",))
     return summary
 
 
-EVAL_MODES = {"reward_model": eval_reward_model, "policy": eval_policy}
