@@ -1,4 +1,4 @@
-"""``alignkit <recipe> CONFIG.yaml [key=value ...]``, ``alignkit demo``.
+"""``alignkit <recipe> CONFIG.yaml [key=value ...]``, ``alignkit pipeline PIPELINE.yaml``, ``alignkit demo``.
 
 Each recipe's ``--help`` lists every config field with its default and one-line description.
 """
@@ -10,58 +10,10 @@ import errno
 import os
 import re
 import sys
-from collections.abc import Callable
-from dataclasses import dataclass
 
-from .config import (
-    ConfigError,
-    DPOConfig,
-    EvalConfig,
-    GRPOConfig,
-    KTOConfig,
-    PPOConfig,
-    RMConfig,
-    SFTConfig,
-    describe_fields,
-    load_config,
-)
+from .config import ConfigError, describe_fields, load_config
 from .data.formats import DataError
-
-
-@dataclass(frozen=True)
-class Recipe:
-    config: type
-    train: Callable  # (cfg, resume) -> summary
-    summary: str
-
-
-def _lazy(module: str) -> Callable:
-    """The recipe's train function, imported on use (keeps `alignkit --help` fast)."""
-
-    def run(cfg, resume):
-        from importlib import import_module
-
-        return import_module(f"alignkit.recipes.{module}").train(cfg, resume=resume)
-
-    return run
-
-
-def _run_eval(cfg, resume):
-    from .eval import run_eval
-
-    return run_eval(cfg)
-
-
-RECIPES: dict[str, Recipe] = {
-    "sft": Recipe(SFTConfig, _lazy("sft"), "supervised fine-tuning on prompt/response or chat data"),
-    "rm": Recipe(RMConfig, _lazy("rm"), "reward model (Bradley-Terry on pairs, all-pairs / Plackett-Luce on rankings)"),
-    "eval": Recipe(EvalConfig, _run_eval,
-                   "evaluate a trained model on held-out data (reward-model mode: accuracy, margins, calibration)"),
-    "ppo": Recipe(PPOConfig, _lazy("ppo"), "PPO with a critic (RLHF): actor, critic, frozen reference and reward"),
-    "grpo": Recipe(GRPOConfig, _lazy("grpo"), "GRPO / GSPO / Dr.GRPO / RLOO / REINFORCE++ with pluggable rewards"),
-    "dpo": Recipe(DPOConfig, _lazy("dpo"), "DPO and its family (cDPO, robust, IPO, hinge, SimPO, ORPO) on preference pairs"),
-    "kto": Recipe(KTOConfig, _lazy("kto"), "KTO on unpaired desirable / undesirable examples"),
-}
+from .pipeline import RECIPES
 
 
 def _fields_help(config_cls: type) -> str:
@@ -89,11 +41,22 @@ def build_parser() -> argparse.ArgumentParser:
                        help="run under `accelerate launch --config_file FILE` (DDP / FSDP / DeepSpeed, several GPUs)")
         p.add_argument("--resume", nargs="?", const=True, default=None, metavar="RUN_DIR",
                        help="continue from the latest checkpoint (of RUN_DIR, or of run.output_dir)")
-    demo = sub.add_parser("demo", help="the offline showcase on the built-in arithmetic world (no downloads)")
-    demo.add_argument("--out", default="runs/demo", help="folder for the demo's world, models and runs")
-    demo.add_argument("--fast", action="store_true", help="fewer SFT steps (a smoke run)")
-    demo.add_argument("--stages", default=None, help="comma-separated stages after SFT and the RM (default: all): dpo,simpo,kto,ppo,grpo,gspo")
+    pipe = sub.add_parser("pipeline", help="run the stages of a pipeline file in order (SFT -> RM -> PPO / DPO / GRPO -> eval)",
+                          description="alignkit pipeline: named stages run in order, each referring to earlier outputs "
+                                      "with ${stage.output}; finished stages are skipped, interrupted ones resumed, "
+                                      "changed ones re-run with the stages after them.")
+    pipe.add_argument("config", help="pipeline YAML file (stages:, output_dir:)")
+    _pipeline_flags(pipe, default_out=None)
+    demo = sub.add_parser("demo", help="the offline showcase: the demo pipeline on the built-in arithmetic world (no downloads)")
+    _pipeline_flags(demo, default_out="runs/demo")
     return parser
+
+
+def _pipeline_flags(parser: argparse.ArgumentParser, default_out: str | None) -> None:
+    parser.add_argument("--out", default=default_out, help="the pipeline folder (default: the file's output_dir)")
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("--only", metavar="STAGE", help="run only this stage (again, if it finished)")
+    which.add_argument("--from", dest="start", metavar="STAGE", help="run this stage (again) and every stage after it")
 
 
 # How Rust-backed libraries (safetensors, tokenizers) quote the OS error under their own exception types.
@@ -159,6 +122,13 @@ def _relaunch(config_file: str, argv: list[str]) -> int:
     return subprocess.call(accelerate_command(config_file, argv))
 
 
+def demo_pipeline_file():
+    """The demo's pipeline file, shipped inside the package (examples/demo_pipeline.yaml links to it)."""
+    from pathlib import Path
+
+    return Path(__file__).parent / "demo" / "demo_pipeline.yaml"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -167,10 +137,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     cfg = None
     try:
-        if args.command == "demo":
-            from .demo.run import run_demo
+        if args.command in ("pipeline", "demo"):
+            from .pipeline import run_pipeline
 
-            run_demo(args.out, fast=args.fast, stages=args.stages.split(",") if args.stages else None)
+            path = args.config if args.command == "pipeline" else demo_pipeline_file()
+            run_pipeline(path, only=args.only, start=args.start, out=args.out)
             return 0
         recipe = RECIPES[args.command]
         if getattr(args, "accelerate_config", None):
@@ -179,6 +150,9 @@ def main(argv: list[str] | None = None) -> int:
         if config and "=" in config and not config.endswith((".yaml", ".yml")):
             config, overrides = None, [config, *overrides]  # only overrides were given
         cfg = load_config(recipe.config, config, overrides)
+        from .pipeline import resolve
+
+        cfg = resolve(cfg)
         recipe.train(cfg, args.resume)
         return 0
     except (ConfigError, DataError) as exc:

@@ -27,7 +27,7 @@ class Section(BaseModel):
 
 
 class ModelConfig(Section):
-    name_or_path: str = Field("demo:base", description="Hugging Face hub id, local folder, or demo:base / demo:sft (the built-in tiny model)")
+    name_or_path: str = Field("demo:base", description="Hugging Face hub id, local folder, or demo:base / demo:sft (the built-in tiny model)", json_schema_extra={"resolve": "model"})
     revision: str | None = Field(None, description="hub revision (branch, tag or commit) to load")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field("auto", description="weights dtype; auto = bfloat16 on a GPU that supports it, else float32")
     device: Literal["auto", "cpu", "cuda", "mps"] = Field("auto", description="where to run; auto picks cuda, then mps, then cpu")
@@ -42,8 +42,8 @@ class ModelConfig(Section):
 
 
 class DataConfig(Section):
-    train: str = Field("demo:sft", description="training data: .jsonl/.json/.parquet/.csv file, hub dataset name, or demo:<set>")
-    eval: str | None = Field(None, description="separate eval data; None = split eval_fraction off train")
+    train: str = Field("demo:sft", description="training data: .jsonl/.json/.parquet/.csv file, hub dataset name, or demo:<set>", json_schema_extra={"resolve": "data"})
+    eval: str | None = Field(None, description="separate eval data; None = split eval_fraction off train", json_schema_extra={"resolve": "data"})
     eval_fraction: float = Field(0.05, ge=0, lt=1, description="fraction of train held out for eval when eval is not given")
     format: str = Field("auto", description="record format (see README, Data formats); auto detects it from the first record")
     split: str = Field("train", description="split to read for hub datasets")
@@ -54,7 +54,7 @@ class DataConfig(Section):
     packing: bool = Field(False, description="lay each batch's examples back to back in rows of data.pack_length tokens instead of padding each (no attention across examples; train.batch_size still counts examples)")
     pack_length: int | None = Field(None, ge=8, description="tokens per packed row; None = data.max_length")
     cache_tokenized: bool = Field(True, description="reuse tokenized examples from earlier runs (in $ALIGNKIT_CACHE_DIR/tokenized, default ~/.cache/alignkit) when the examples, tokenizer, chat template and limits are the same")
-    duplicates: Literal["error", "keep"] = Field("error", description="a record repeated verbatim: an error naming both lines, or keep it (it then weighs double); demo: sets are exempt")
+    duplicates: Literal["error", "keep"] = Field("error", description="a record repeated verbatim: an error naming both lines, or keep it (it then weighs double); demo: sets keep theirs (repeats by design)")
 
     @property
     def row_length(self) -> int | None:
@@ -155,12 +155,16 @@ def refuse_unused(cfg: Section) -> None:
 
 
 def _value_at(cfg: Section, key: str) -> Any:
+    if "." not in key:  # a top-level field (eval's models:)
+        return getattr(cfg, key)
     section, name = key.split(".")
     return getattr(getattr(cfg, section), name)
 
 
 def _default_at(cfg: Section, key: str) -> Any:
     """The recipe's default of a dotted key: its DEFAULTS entry, else the section class's own default."""
+    if "." not in key:
+        return type(cfg).model_fields[key].get_default(call_default_factory=True)
     section, name = key.split(".")
     given = getattr(cfg, "DEFAULTS", {}).get(section, {})
     if name in given:
@@ -314,6 +318,45 @@ def dump_config(cfg: Section) -> str:
     return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
 
 
+# A path field's kind ("model", "data", "builtin"), in its Field's json_schema_extra: what a resolver maps it to.
+Lookup = Any  # Callable[[kind, value], str | dict]: a replacement value, or a dict of updates for the whole section
+
+
+def resolve_paths(cfg: C, lookup: Lookup) -> C:
+    """``cfg`` with every path field passed through ``lookup(kind, value)`` (nested sections, lists of sections
+    and name -> path dicts included). The walk lives here, beside the fields that declare their kind; what names
+    mean (``demo:`` assets, ``${stage.output}`` references) is the caller's: ``pipeline.resolve`` is the one
+    resolver the commands use, so models, data and rewards only ever see real paths. A lookup may answer a dict:
+    updates for the section holding the field, applied to the field itself and to fields left unset (None): a
+    demo reward becomes a Python function source keeping its label, say."""
+    updates: dict[str, Any] = {}
+    for name, field in type(cfg).model_fields.items():
+        value = getattr(cfg, name)
+        kind = (field.json_schema_extra or {}).get("resolve") if isinstance(field.json_schema_extra, dict) else None
+        new = _resolve_value(value, kind, lookup)
+        if isinstance(new, dict) and isinstance(value, str | None):  # section updates: the field, and unset ones
+            updates.update({k: v for k, v in new.items() if k == name or getattr(cfg, k) is None})
+        elif new is not value:
+            updates[name] = new
+    return cfg.model_copy(update=updates) if updates else cfg
+
+
+def _resolve_value(value: Any, kind: str | None, lookup: Lookup) -> Any:
+    if isinstance(value, Section):
+        return resolve_paths(value, lookup)
+    if isinstance(value, list):
+        items = [_resolve_value(v, kind, lookup) for v in value]
+        return items if any(a is not b for a, b in zip(items, value)) else value
+    if kind is None:
+        return value
+    if isinstance(value, dict):
+        return {k: lookup(kind, v) if isinstance(v, str) else v for k, v in value.items()}
+    if isinstance(value, str):
+        new = lookup(kind, value)
+        return value if new == value else new
+    return value
+
+
 def describe_fields(cls: type[Section], prefix: str = "", defaults: Section | None = None) -> list[tuple[str, str, str]]:
     """(dotted key, default, description) for every leaf field, in declaration order: the --help table.
 
@@ -339,7 +382,7 @@ class DPOSection(Section):
     simpo_gamma: float = Field(0.5, ge=0, description="SimPO target reward margin gamma")
     nll_weight: float | None = Field(None, ge=0, description="weight of an NLL term on the chosen response (RPO); None = 1 for orpo, 0 otherwise")
     reference: Literal["cached", "on_the_fly"] = Field("cached", description="reference log-probs computed once before training (cached with the run) or every step")
-    reference_model: str | None = Field(None, description="reference model path; None = the starting policy (model.name_or_path; with LoRA, the base with the adapter off)")
+    reference_model: str | None = Field(None, description="reference model path; None = the starting policy (model.name_or_path; with LoRA, the base with the adapter off)", json_schema_extra={"resolve": "model"})
 
     @property
     def nll_weight_value(self) -> float:
@@ -371,7 +414,7 @@ class KTOSection(Section):
     desirable_weight: float = Field(1.0, gt=0, description="lambda_D, weight of desirable examples")
     undesirable_weight: float = Field(1.0, gt=0, description="lambda_U, weight of undesirable examples (raise it when they are rarer)")
     reference: Literal["cached", "on_the_fly"] = Field("cached", description="reference log-probs computed once before training or every step")
-    reference_model: str | None = Field(None, description="reference model path; None = the starting policy")
+    reference_model: str | None = Field(None, description="reference model path; None = the starting policy", json_schema_extra={"resolve": "model"})
 
 
 class KTOConfig(RecipeConfig):
@@ -409,6 +452,17 @@ class EvalSection(Section):
     temperature: float = Field(0.0, ge=0, description="policy: 0 = greedy answers; > 0 samples, seeded per prompt by eval.seed")
     seed: int = Field(0, description="policy: sampling seed (temperature > 0)")
     group_by: str | None = Field(None, description="policy: a boolean field of the prompt records (e.g. held_out); each source's mean is also reported on either side of it")
+    max_prompts: int = Field(0, ge=0, description="policy: answer the first N prompts of data.train; 0 = all")
+    samples: int = Field(1, ge=1, description="policy: answers per prompt and model (k); > 1 needs eval.temperature > 0 and gives mean@k (and pass@k with eval.pass_threshold)")
+    baseline: str | None = Field(None, description="policy: the model (a key of models) every other one is compared with: win rate with its interval; None = the first")
+    judge: str | None = Field(None, description="policy: the reward source (its label) that decides wins and pass@k; None = the first source")
+    pass_threshold: float | None = Field(None, description="policy: an answer whose judge score is >= this counts as solved: pass@1 and pass@k (a verifiable reward)")
+    reference: str | None = Field(None, description="policy: a model to measure KL(model || reference) against, on each model's own answers (summed over answer tokens)", json_schema_extra={"resolve": "model"})
+    perplexity_data: str | None = Field(None, description="policy: held-out SFT-format text; each model's perplexity on its response tokens (forgetting shows as a rise)", json_schema_extra={"resolve": "data"})
+    bootstrap: int = Field(1000, ge=100, description="policy: bootstrap resamples over prompts for every 95% interval")
+    human_sheet: int = Field(0, ge=0, description="policy: items per model (vs the baseline) in the blind side-by-side sheet for people to rate; 0 = no sheet")
+    ratings: list[str] = Field(default_factory=list, description="policy: filled human-eval sheets (CSV / JSONL, one per rater or a rater column) to read back into the summary")
+    ratings_key: str | None = Field(None, description="policy: the human_eval_key.json written with the sheet that eval.ratings filled")
 
 
 class EvalConfig(Section):
@@ -430,20 +484,31 @@ class EvalConfig(Section):
     run: RunConfig = Field(default_factory=lambda: RunConfig(output_dir="runs/eval-{time}"), description="where the report goes")
     eval: EvalSection = Field(default_factory=EvalSection, description="what to evaluate")
     rewards: list[RewardSource] = Field(default_factory=list, description="policy: reward sources scoring the answers (each reported; their weighted sum as total)")
+    models: dict[str, str] = Field(default_factory=dict, description="policy: name -> model (hub id, folder, demo:, ${stage.output}) answering the same prompts with the same seeds; empty = model.name_or_path alone", json_schema_extra={"resolve": "model"})
 
     INACTIVE: ClassVar[list[tuple[str, Any, str]]] = [
         ("eval.min_accuracy", lambda c: c.eval.mode == "reward_model", "it is the reward-model verdict (eval.mode = reward_model)"),
-        *((f"eval.{k}", lambda c: c.eval.mode == "policy", "it sets how a policy answers (eval.mode = policy)")
-          for k in ("max_new_tokens", "temperature", "seed", "group_by")),
+        *((f"eval.{k}", lambda c: c.eval.mode == "policy", "it sets how policies answer and are compared (eval.mode = policy)")
+          for k in ("max_new_tokens", "temperature", "seed", "group_by", "max_prompts", "samples", "baseline", "judge",
+                    "pass_threshold", "reference", "perplexity_data", "bootstrap", "human_sheet", "ratings",
+                    "ratings_key")),
+        ("models", lambda c: c.eval.mode == "policy", "it lists policies (eval.mode = policy)"),
         ("eval.seed", lambda c: c.eval.temperature > 0, "answers are greedy (eval.temperature = 0)"),
     ]
+
+    @property
+    def policies(self) -> dict[str, str]:
+        """policy mode: name -> model path, in the order given (models:, else model.name_or_path as "model")."""
+        return dict(self.models) or {"model": self.model.name_or_path}
 
     @model_validator(mode="after")
     def _honest(self) -> EvalConfig:
         refuse_unused(self)
         if self.eval.mode == "policy" and not self.rewards:
             raise ValueError("eval.mode = policy needs rewards: [...] to score the answers (e.g. - builtin: demo_gold)")
-        if self.eval.mode == "policy" and self.model.name_or_path == "demo:rm":
+        if self.eval.mode == "policy":
+            policy_rules(self)
+        if self.eval.mode == "policy" and self.model.name_or_path == "demo:rm" and not self.models:
             raise ValueError("eval.mode = policy: set model.name_or_path to the policy to evaluate (the default, "
                              "demo:rm, is a reward model)")
         if self.eval.mode == "policy" and self.data.train == "demo:prefs_eval":
@@ -454,15 +519,35 @@ class EvalConfig(Section):
         return self
 
 
+def policy_rules(cfg: EvalConfig) -> None:
+    """What a policy comparison needs to be meaningful, said before any model loads."""
+    e = cfg.eval
+    if cfg.models and cfg.model.name_or_path != "demo:rm":
+        raise ValueError("set the policies either in models: (several) or in model.name_or_path (one), not both")
+    if e.samples > 1 and e.temperature == 0:
+        raise ValueError(f"eval.samples = {e.samples} needs eval.temperature > 0 (greedy answers are all the same)")
+    if e.baseline is not None and e.baseline not in cfg.policies:
+        raise ValueError(f'eval.baseline = "{e.baseline}" is not a key of models (have: {", ".join(cfg.policies)})')
+    labels = [s.label for s in cfg.rewards]
+    if e.judge is not None and e.judge not in labels:
+        raise ValueError(f'eval.judge = "{e.judge}" is not the label of a reward source (have: {", ".join(labels)})')
+    if len(set(labels)) < len(labels):
+        raise ValueError(f"rewards: two sources share a label ({', '.join(labels)}); give them distinct name:s")
+    if e.ratings and e.ratings_key is None:
+        raise ValueError("eval.ratings needs eval.ratings_key (the human_eval_key.json written with the sheet)")
+    if e.human_sheet and len(cfg.policies) < 2:
+        raise ValueError("eval.human_sheet compares models side by side: list two or more in models:")
+
+
 # ------------------------------------------------------------------------------------------------ RL stages
 class RewardSource(Section):
     """One reward source; a run sums them with their weights and logs each one separately."""
 
     name: str | None = Field(None, description="metric name for this source (default: derived from it)")
     fn: str | None = Field(None, description="Python reward function: module:function or path/to/file.py:function, called fn(prompts, completions, **fields) -> list[float]")
-    builtin: Literal["regex", "length", "repetition", "demo_gold", "demo_format"] | None = Field(None, description="a built-in reward (args configure it)")
-    reward_model: str | None = Field(None, description="a reward model folder from alignkit rm (or demo:rm)")
-    judge: str | None = Field(None, description="a causal LM used as a judge (RLAIF): it is asked args.template and its first number is the score")
+    builtin: Literal["regex", "length", "repetition", "demo_gold", "demo_format"] | None = Field(None, description="a built-in reward (args configure it)", json_schema_extra={"resolve": "builtin"})
+    reward_model: str | None = Field(None, description="a reward model folder from alignkit rm (or demo:rm)", json_schema_extra={"resolve": "model"})
+    judge: str | None = Field(None, description="a causal LM used as a judge (RLAIF): it is asked args.template and its first number is the score", json_schema_extra={"resolve": "model"})
     normalize: bool = Field(True, description="reward models: normalise with the mean / std stored beside the model")
     weight: float = Field(1.0, description="multiplier of this source in the total reward")
     args: dict[str, Any] = Field(default_factory=dict, description="keyword arguments for fn, builtin and judge sources (a judge: template, scale, default, max_new_tokens)")
@@ -612,7 +697,7 @@ class PPOSection(Section):
     dual_clip: float | None = Field(None, gt=1, description="dual-clip bound c for negative advantages (e.g. 3.0); None = off")
     value_clip: float | None = Field(0.2, ge=0, description="clip the critic's change per update (PPO2); None = plain squared error")
     critic_lr: float = Field(1e-5, gt=0, description="critic learning rate (the actor uses train.lr)")
-    critic_model: str | None = Field(None, description="critic initialisation; None = the first reward model source, else the policy with a new value head")
+    critic_model: str | None = Field(None, description="critic initialisation; None = the first reward model source, else the policy with a new value head", json_schema_extra={"resolve": "model"})
     critic: Literal["separate", "shared"] = Field("separate", description="separate = its own model (from critic_model); shared = a value head on the actor's backbone (less memory, single process)")
     vf_coef: float = Field(0.1, gt=0, description="shared critic only: weight of the value loss in the backbone's gradient")
     critic_warmup_steps: int = Field(0, ge=0, description="rollout steps that train only the critic (lets values settle first)")

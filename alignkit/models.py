@@ -48,11 +48,11 @@ def resolve_dtype(dtype: str, device: torch.device, master: bool = False) -> tor
 
 
 def resolve_model_path(name_or_path: str) -> str:
-    """``demo:<name>`` -> the built-in tiny model's folder (built on first use); anything else unchanged."""
+    """The path to load; a ``demo:`` name here is a config that skipped the resolver (``pipeline.resolve``, which
+    every command runs): one line saying so rather than a hub lookup of "demo:sft"."""
     if name_or_path.startswith("demo:"):
-        from .demo.assets import demo_model
-
-        return str(demo_model(name_or_path.removeprefix("demo:")))
+        raise ModelError(f"{name_or_path}: a demo: name reached the model loader unresolved; pass the config "
+                         "through alignkit.pipeline.resolve(cfg) first (the alignkit commands do)")
     return name_or_path
 
 

@@ -108,18 +108,8 @@ def repetition_reward(prompts, completions, n: int = 3, **_) -> list[float]:
     return out
 
 
-def _demo(name: str) -> RewardFn:
-    def fn(prompts, completions, **fields):
-        from .demo import world
-
-        return getattr(world, name)(prompts, completions, **fields)
-
-    return fn
-
-
 BUILTINS: dict[str, RewardFn] = {
     "regex": regex_reward, "length": length_reward, "repetition": repetition_reward,
-    "demo_gold": _demo("gold_reward"), "demo_format": _demo("format_reward"),
 }
 
 
@@ -219,8 +209,11 @@ class RewardSet:
         for source in sources:
             if source.fn:
                 scorer: Any = load_function(source.fn)
-            elif source.builtin:
+            elif source.builtin in BUILTINS:
                 scorer = BUILTINS[source.builtin]
+            elif source.builtin:  # demo_gold / demo_format: the resolver turns them into demo.world functions
+                raise RewardError(f"builtin {source.builtin} is a demo reward that reached the reward loader "
+                                  "unresolved; pass the config through alignkit.pipeline.resolve(cfg) first")
             elif source.reward_model:
                 scorer = RewardModelScorer(source_model(source), device, max_length, autocast)
             else:

@@ -37,6 +37,7 @@ class RunLog:
         self.samples: list[dict[str, Any]] = []
         self._trackers = _open_trackers(report_to, self.run_dir, config) if enabled else []
         self.started = time.time()
+        self.watchers: list = []  # callables (rows) run after every logged row: the doctor, the live files
 
     def resume(self, rows: int, samples: int) -> None:
         """Reload the metric rows and samples a checkpoint saw (their counts are stored in it): what was written
@@ -49,6 +50,8 @@ class RunLog:
         self.rows.append(row)
         for tracker in self._trackers:
             tracker(step, metrics)
+        for watch in self.watchers:
+            watch(self.rows)
 
     def add_samples(self, step: int, samples: list[dict[str, Any]]) -> None:
         self.samples.extend({"step": step, **s} for s in samples)

@@ -109,20 +109,26 @@ def test_every_field_is_read_or_refused(recipe, tmp_path, monkeypatch, demo_sft,
 
 
 def test_eval_config_fields_are_read_or_refused(tmp_path, monkeypatch, demo_rm):
+    import json
+
     from alignkit.config import EvalConfig
+    from alignkit.pipeline import resolve
 
-    cfg = load_config(EvalConfig, None, [f"run.output_dir={tmp_path / 'eval'}", "run.threads=1"])
+    cfg = resolve(load_config(EvalConfig, None, [f"run.output_dir={tmp_path / 'eval'}", "run.threads=1"]))
     reads = run_recording(cfg, "eval", monkeypatch)
-    from alignkit.demo.assets import demo_data
-
-    prompts = tmp_path / "prompts.jsonl"  # a slice: every field is read on 20 prompts as on 200
-    prompts.write_text("".join(demo_data("prompts_eval").read_text().splitlines(keepends=True)[:20]))
-    policy = load_config(EvalConfig, None, [f"run.output_dir={tmp_path / 'policy'}", "run.threads=1", "eval.mode=policy",
-                                            "model.name_or_path=demo:sft", f"data.train={prompts}",
-                                            "eval.temperature=0.7", "eval.group_by=held_out", "eval.max_new_tokens=4",
-                                            'rewards=[{builtin: demo_gold}, {reward_model: "demo:rm", normalize: false, '
-                                            'name: rm}, {judge: "demo:sft", args: {max_new_tokens: 2}, dtype: float32}]'])
-    reads |= run_recording(policy, "eval", monkeypatch)
+    (tmp_path / "key.json").write_text(json.dumps({"item-0001": {"a": "tuned", "b": "base"}}))
+    (tmp_path / "rated.csv").write_text("item,prompt,response_a,response_b,helpfulness,harmlessness,honesty,rater,comment\n"
+                                        "item-0001,p,x,y,a,tie,b,ann,\n")
+    policy = load_config(EvalConfig, None, [
+        f"run.output_dir={tmp_path / 'policy'}", "run.threads=1", "eval.mode=policy",
+        "models={tuned: demo:sft, base: demo:base}", "data.train=demo:prompts_eval", "eval.max_prompts=12",
+        "eval.temperature=0.7", "eval.samples=2", "eval.group_by=held_out", "eval.max_new_tokens=4",
+        "eval.baseline=base", "eval.judge=rm", "eval.pass_threshold=1.0", "eval.reference=demo:sft",
+        "eval.perplexity_data=demo:sft_eval", "eval.bootstrap=100", "eval.human_sheet=3",
+        f"eval.ratings=[{tmp_path / 'rated.csv'}]", f"eval.ratings_key={tmp_path / 'key.json'}",
+        'rewards=[{builtin: demo_gold}, {reward_model: "demo:rm", normalize: false, '
+        'name: rm}, {judge: "demo:sft", args: {max_new_tokens: 2}, dtype: float32}]'])
+    reads |= run_recording(resolve(policy), "eval", monkeypatch)
     refused = {(type(getattr(cfg, key.split(".")[0])).__name__, key.split(".")[1]) for key in EvalConfig.REFUSED}
     assert not sorted((leaf_fields(cfg) | leaf_fields(policy)) - reads - refused)
 

@@ -10,7 +10,7 @@ from alignkit.cli import RECIPES, main
 from alignkit.config import load_config
 
 HAS_VLLM = importlib.util.find_spec("vllm") is not None and torch.cuda.is_available()
-EXAMPLES = sorted(Path(__file__).resolve().parent.parent.glob("examples/*.yaml"))
+EXAMPLES = sorted(p for p in Path(__file__).resolve().parent.parent.glob("examples/*.yaml") if "pipeline" not in p.stem)
 RECIPE_OF = {"sft": "sft", "rm": "rm", "eval": "eval", "dpo": "dpo", "simpo": "dpo", "orpo": "dpo", "kto": "kto",
              "ppo": "ppo", "grpo": "grpo", "gspo": "grpo", "rloo": "grpo"}
 

@@ -42,13 +42,15 @@ def test_builtins_by_hand():
     assert BUILTINS["length"]([""] * 2, ["abcd", "abcdefgh"], target=4) == [0.0, -1.0]
     # "a b c a b c": 4 trigrams, 3 distinct -> -(1 - 3/4)
     assert BUILTINS["repetition"]([""], ["a b c a b c"], n=3) == [-0.25]
-    assert BUILTINS["demo_format"]([""] * 2, ["2 + 3 = 5.", "hmm"]) == [1.0, 0.0]
+    assert "demo_format" not in BUILTINS  # the resolver makes it a demo.world function source (test_pipeline)
 
 
 def test_reward_set_sums_weighted_sources_and_reports_each(tmp_path):
     sources = [RewardSource(builtin="demo_gold", weight=2.0),
                RewardSource(fn="examples/rewards/arithmetic.py:correct", name="correct", weight=-1.0)]
-    rewards = RewardSet(sources, device="cpu")
+    from alignkit.demo.assets import demo_resolved
+
+    rewards = RewardSet([demo_resolved(s) for s in sources], device="cpu")
     prompts = [(Message("user", "What is 2 + 3?"),), (Message("user", "What is 4 - 1?"),)]
     total, parts = rewards(prompts, ["Sure! 2 + 3 = 5. Happy to help!", "4 - 1 = 2."], {"answer": [5, 3]})
     assert parts["demo_gold"].tolist() == [1.5, 0.0] and parts["correct"].tolist() == [1.0, 0.0]

@@ -15,11 +15,10 @@ T = TypeVar("T")
 
 
 def resolve_data_source(source: str) -> str:
-    """``demo:<set>`` -> the demo world's file for that set (built on first use); anything else unchanged."""
+    """The source to read; a ``demo:`` name here is a config that skipped the resolver (``pipeline.resolve``)."""
     if source.startswith("demo:"):
-        from ..demo.assets import demo_data
-
-        return str(demo_data(source.removeprefix("demo:")))
+        raise DataError(f"{source}: a demo: name reached the data loader unresolved; pass the config through "
+                        "alignkit.pipeline.resolve(cfg) first (the alignkit commands do)")
     return source
 
 
@@ -29,9 +28,9 @@ def _load(source: str, kind: str, data: DataConfig) -> list:
         raise DataError(f'data.format = "{data.format}" is not a format of {kind} data; expected one of auto, '
                         f'{", ".join(formats)}')
     examples = load_examples(resolve_data_source(source), kind, data.format, split=data.split, subset=data.subset)
-    # The demo world samples its records with replacement (and flips some labels on purpose): its repeats are by
-    # design. Anyone else's repeated record is an error naming both lines, unless data.duplicates says keep.
-    if data.duplicates == "error" and not source.startswith("demo:"):
+    # A repeated record is an error naming both lines, unless data.duplicates says keep (the resolver says so for
+    # the demo world's sets, sampled with replacement by design).
+    if data.duplicates == "error":
         reject_duplicates(examples)
     return examples
 

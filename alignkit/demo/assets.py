@@ -16,9 +16,10 @@ from .world import WorldPaths, build_world
 VERSION = "v1"
 DATA_SETS = {  # demo:<name> as a data source -> WorldPaths attribute
     "sft": "sft", "prefs": "prefs", "prefs_eval": "prefs_eval", "ranked": "ranked", "kto": "kto",
-    "prompts": "prompts_train", "prompts_eval": "prompts_eval",
+    "prompts": "prompts_train", "prompts_eval": "prompts_eval", "sft_eval": "sft_eval",
 }
 MODELS = ("base", "sft", "rm")
+REWARDS = {"demo_gold": "gold_reward", "demo_format": "format_reward"}  # builtin name -> function in demo.world
 
 
 def demo_root() -> Path:
@@ -28,7 +29,8 @@ def demo_root() -> Path:
 def demo_world() -> WorldPaths:
     """The demo world's files (seed 0), built if missing."""
     root = demo_root() / "world"
-    if not (root / "world.json").is_file():
+    paths = WorldPaths.at(root)
+    if not all(getattr(paths, name).is_file() for name in DATA_SETS.values()) or not paths.meta.is_file():
         with atomic_dir(root) as tmp:
             build_world(tmp, seed=0)
     return WorldPaths.at(root)
@@ -59,3 +61,29 @@ def demo_model(name: str) -> Path:
 
     train_demo_stage(name, demo_root() / "runs" / name, final_copy=path)
     return path
+
+
+def demo_lookup(kind: str, value: str) -> str | dict:
+    """What a ``demo:`` name in a path field means (``config.resolve_paths`` calls this for each field of that
+    kind): a model folder, a data file, or, for the demo rewards, a Python function source in ``demo.world``
+    (keeping its label). Anything else is returned unchanged."""
+    if kind == "model" and value.startswith("demo:"):
+        return str(demo_model(value.removeprefix("demo:")))
+    if kind == "data" and value.startswith("demo:"):
+        return str(demo_data(value.removeprefix("demo:")))
+    if kind == "builtin" and value in REWARDS:
+        return {"builtin": None, "fn": f"alignkit.demo.world:{REWARDS[value]}", "name": value}
+    return value
+
+
+def demo_resolved(cfg):
+    """``cfg`` with its ``demo:`` names as real paths. The demo world samples its records with replacement (and
+    flips some labels on purpose), so a demo data set keeps its repeats (data.duplicates = keep) where the
+    recipe checks for them."""
+    from ..config import resolve_paths
+
+    data = getattr(cfg, "data", None)
+    refused = getattr(cfg, "REFUSED", {})
+    if data is not None and data.train.startswith("demo:") and "data.duplicates" not in refused:
+        cfg = cfg.model_copy(update={"data": data.model_copy(update={"duplicates": "keep"})})
+    return resolve_paths(cfg, demo_lookup)

@@ -1,16 +1,12 @@
-"""``alignkit demo``: the pipeline on the arithmetic world, offline, on a laptop CPU.
+"""The demo's stage settings, tuned for the ~1M-parameter model on 2 CPU cores, and its gold-judge reports.
 
-Stages: build the world and the tiny model -> score the untrained model -> SFT -> then, each starting from the SFT
-model, a reward model (scored against the gold judge), DPO (with an NLL term), SimPO and KTO -> one table of gold
-scores. Scores come from the hidden gold judge
-(correct +1, polite +0.5, rude -0.5, unparseable -1) on eval prompts that include number pairs held out from all
-training data. Every stage is an ordinary recipe run with its own run folder.
+``alignkit demo`` runs ``demo/demo_pipeline.yaml`` (examples/demo_pipeline.yaml links to it) through the pipeline
+runner; the settings here build the ``demo:sft`` and ``demo:rm`` models that configs default to, and tests run
+short versions of each stage. A test keeps these settings and the pipeline file's equal.
 """
 
 from __future__ import annotations
 
-import os
-import re
 import shutil
 from dataclasses import dataclass
 from importlib import import_module
@@ -99,7 +95,9 @@ def stage_config(recipe: str, run_dir: Path, fast: bool = False, **overrides: An
         cfg["train"]["max_steps"] = stage.fast_steps
     for section, values in overrides.items():
         cfg[section] = {**cfg.get(section, {}), **values} if isinstance(values, dict) else values
-    return validate(stage.config, cfg, source=f"demo {recipe} settings")
+    from .assets import demo_resolved
+
+    return demo_resolved(validate(stage.config, cfg, source=f"demo {recipe} settings"))
 
 
 def train_demo_stage(recipe: str, run_dir: Path, final_copy: Path | None = None, fast: bool = False) -> dict:
@@ -125,7 +123,7 @@ def score_model(model_path: str, n_prompts: int = 200, rm_path: str | None = Non
     from ..rewards import RewardSet
     from ..rollout.engines import HFEngine
     from ..rollout.evaluate import evaluate_policy
-    from .assets import demo_data
+    from .assets import demo_data, demo_resolved
 
     model_cfg = ModelConfig(name_or_path=model_path, device="cpu")
     tokenizer = load_tokenizer(model_cfg)
@@ -134,6 +132,7 @@ def score_model(model_path: str, n_prompts: int = 200, rm_path: str | None = Non
     sources = [RewardSource(builtin="demo_gold", name="gold"), RewardSource(builtin="demo_format", name="format")]
     if rm_path is not None:
         sources.append(RewardSource(reward_model=rm_path, name="rm"))
+    sources = [demo_resolved(s) for s in sources]
     metrics, _ = evaluate_policy(HFEngine(None, tokenizer, batch_size=64), model, prompts,
                                  [tokenize_prompt(tokenizer, e.prompt) for e in prompts], RewardSet(sources, torch.device("cpu")),
                                  EVAL_SAMPLING, split_field="held_out")
@@ -179,84 +178,3 @@ def _ranks(values):
         tied = values == value
         ranks[tied] = ranks[tied].mean()
     return ranks
-
-
-# Demo stages run from the SFT model: name -> (recipe, per-section overrides). Names with "(rm)" optimise the
-# learned reward model; "(gold fn)" optimise the gold judge itself, given as a Python reward function.
-AFTER_SFT = {
-    "dpo (+nll)": ("dpo", {}),
-    "simpo": ("dpo", {"dpo": {"loss": "simpo", "beta": 2.0, "simpo_gamma": 0.5, "nll_weight": 0.0}}),
-    "kto": ("kto", {}),
-    "ppo (rm)": ("ppo", {}),
-    "ppo (gold fn)": ("ppo", {"rewards": [{"builtin": "demo_gold"}], "eval_rewards": [],
-                              "ppo": {"critic_model": "demo:sft"}}),
-    "grpo (gold fn)": ("grpo", {}),
-    "gspo (gold fn)": ("grpo", {"grpo": {"ratio": "sequence", "loss_aggregation": "seq_mean_token_mean",
-                                         "num_iterations": 2}}),
-    "grpo (rm)": ("grpo", {"rewards": [{"reward_model": "demo:rm"}], "eval_rewards": [{"builtin": "demo_gold"}]}),
-}
-
-
-def run_demo(out: str | Path = "runs/demo", fast: bool = False, stages: list[str] | None = None
-             ) -> dict[str, dict[str, float]]:
-    """Build the world, score the untrained model, run SFT, the reward model and the stages after them, and print
-    one table: gold score (the hidden judge) next to the reward model's score, for every stage."""
-    from rich.console import Console
-
-    from ..runtime import quiet_libraries
-
-    quiet_libraries()
-    out = Path(out)
-    os.environ["ALIGNKIT_DEMO_DIR"] = str(out.resolve())
-    console = Console()
-    from .assets import demo_model, demo_world
-
-    world = demo_world()
-    base = demo_model("base")
-    console.print(f"[bold]alignkit demo[/bold]: world in {world.root}, tiny model in {base}")
-    runs = out / "runs"
-    console.rule("sft: supervised fine-tuning of the untrained tiny model")
-    train_demo_stage("sft", runs / "sft", final_copy=out / "sft-model", fast=fast)
-    console.rule("rm: reward model from the SFT model, on the noisy preference pairs")
-    train_demo_stage("rm", runs / "rm", final_copy=out / "rm-model", fast=fast)
-    print_rm_report(console, rm_gold_report(str(out / "rm-model")))
-    rm_path = str(out / "rm-model")
-    results = {"untrained": score_model(str(base), rm_path=rm_path), "sft": score_model(str(out / "sft-model"),
-                                                                                        rm_path=rm_path)}
-    for name, (recipe, overrides) in AFTER_SFT.items():
-        if stages is not None and name.split()[0] not in stages:
-            continue
-        run_dir = runs / re.sub(r"[^a-z0-9]+", "-", name).strip("-")  # "ppo (gold fn)" -> ppo-gold-fn
-        shutil.rmtree(run_dir, ignore_errors=True)
-        console.rule(f"{name}: {recipe} from the SFT model")
-        DEMO_STAGES[recipe].train(stage_config(recipe, run_dir, fast=fast, **overrides))
-        results[name] = score_model(str(run_dir / "final"), rm_path=rm_path)
-    print_table(console, results)
-    console.print(f"run folders: {runs}/<stage> (summary.json, training_curves.png, report.html)\n"
-                  "Where the reward model's score rises further than the gold score, the policy is exploiting the "
-                  "reward model (reward hacking); the gold-fn rows show what the true reward would have given.")
-    return results
-
-
-def print_rm_report(console, report: dict[str, float]) -> None:
-    from rich.table import Table
-
-    table = Table(title="demo: reward model on 500 held-out pairs (10% of their labels flipped)", title_justify="left")
-    for label in ("accuracy vs gold judge", "accuracy vs noisy labels", "Pearson r with gold", "Spearman rho with gold"):
-        table.add_column(label, justify="right")
-    table.add_row(*(f"{report[k]:.3f}" for k in ("gold_accuracy", "label_accuracy", "pearson", "spearman")))
-    console.print(table)
-
-
-def print_table(console, results: dict[str, dict[str, float]]) -> None:
-    from rich.table import Table
-
-    table = Table(title="demo: 200 eval prompts, greedy decoding", title_justify="left")
-    columns = {"gold": "gold", "rm": "RM (norm.)", "format": "well-formed", "gold[held_out=true]": "gold held-out",
-               "eos_rate": "EOS"}
-    table.add_column("stage", no_wrap=True)
-    for label in columns.values():
-        table.add_column(label, justify="right")
-    for stage, metrics in results.items():
-        table.add_row(stage, *(f"{metrics.get(c, float('nan')):.3f}" for c in columns))
-    console.print(table)

@@ -217,6 +217,7 @@ class WorldSizes:
     kto: int = 3000  # unpaired (prompt, completion, label) records
     rl_prompts: int = 512  # prompt-only records for PPO / GRPO
     eval_prompts: int = 200  # eval prompts; the held-out combinations come first
+    sft_eval: int = 300  # held-out SFT-style records (same distribution as sft): perplexity before / after a stage
 
     def __post_init__(self) -> None:
         for name, value in asdict(self).items():
@@ -238,6 +239,7 @@ class WorldPaths:
     kto: Path
     prompts_train: Path
     prompts_eval: Path
+    sft_eval: Path
     meta: Path
 
     @classmethod
@@ -360,6 +362,7 @@ def build_world(out_dir: Path, seed: int = 0, sizes: WorldSizes | None = None, *
     prompts_train, prompts_eval = _prompts(stream("prompts"), train, held, sizes.rl_prompts, sizes.eval_prompts)
     files: dict[Path, list[dict]] = {
         paths.sft: _sft(stream("sft"), train, sizes.sft),
+        paths.sft_eval: _sft(stream("sft_eval"), train, sizes.sft_eval),
         paths.prefs: prefs,
         paths.prefs_gold: prefs_gold,
         paths.prefs_eval: prefs_eval,

@@ -20,6 +20,7 @@ import time
 import torch
 
 from ..batch import RankingBatch
+from ..checkpoint import atomic_write_json
 from ..config import RMConfig
 from ..data.cache import cached
 from ..data.collate import pad_rankings
@@ -36,6 +37,7 @@ from ..models import (
 )
 from ..ops import gather_last, segment_last
 from ..runtime import (
+    REWARD_VERDICT,
     finish_run,
     micro_step,
     prepare_training,
@@ -192,6 +194,8 @@ def train(cfg: RMConfig, resume: str | bool | None = None) -> dict:
                f"NOT ready for PPO: eval accuracy {accuracy:.2f} < {READY_ACCURACY} (more or cleaner data, more steps, "
                "or a larger backbone)")
     run.print(f"reward model: {verdict}")
+    if run.is_main:  # the verdict travels with the model: the doctor of an RL run that uses it reads it
+        atomic_write_json(run.dir / "final" / REWARD_VERDICT, {"verdict": verdict, "accuracy": accuracy})
     summary = {"steps": steps, "loss": cfg.rm.loss, "data_kind": kind, "verdict": verdict,
                "final": {"loss/train": run.log.last("loss/train"), **final_eval}, "reward_stats": stats,
                "lists_per_s": seen / max(time.time() - clock, 1e-9),

@@ -27,11 +27,8 @@ def evaluate_policy(engine, model, examples: Sequence, prompt_ids: Sequence[Sequ
     """
     if not examples:
         return {}, []
-    gens = engine.generate(model, prompt_ids, params, seeds)
-    prompts, texts, fields = [e.prompt for e in examples], [g.text for g in gens], fields_of(examples)
-    total, parts = rewards(prompts, texts, fields)
-    if extra is not None:
-        parts.update(extra(prompts, texts, fields)[1])
+    gens, total, parts = answer(engine, model, examples, prompt_ids, rewards, params, extra, seeds)
+    prompts, texts = [e.prompt for e in examples], [g.text for g in gens]
     metrics = {"total": total.mean().item(), **{k: v.mean().item() for k, v in parts.items()},
                "eos_rate": fmean(float(g.finished) for g in gens),
                "response_tokens": fmean(len(g.response_ids) for g in gens)}
@@ -44,6 +41,20 @@ def evaluate_policy(engine, model, examples: Sequence, prompt_ids: Sequence[Sequ
     rows = [{"prompt": p[-1].content, "response": t, "total": total[i].item(), **{k: v[i].item() for k, v in parts.items()}}
             for i, (p, t) in enumerate(zip(prompts, texts))]
     return metrics, rows
+
+
+@torch.no_grad()
+def answer(engine, model, examples: Sequence, prompt_ids: Sequence[Sequence[int]], rewards: RewardSet,
+           params: SamplingParams, extra: RewardSet | None = None, seeds: Sequence[int] | None = None
+           ) -> tuple[list, torch.Tensor, dict[str, torch.Tensor]]:
+    """One answer per prompt from the engine, scored: (generations, (N,) weighted total of ``rewards``, source
+    label -> (N,) scores, ``extra``'s sources included but never in the total)."""
+    gens = engine.generate(model, prompt_ids, params, seeds)
+    prompts, texts, fields = [e.prompt for e in examples], [g.text for g in gens], fields_of(examples)
+    total, parts = rewards(prompts, texts, fields)
+    if extra is not None:
+        parts.update(extra(prompts, texts, fields)[1])
+    return gens, total, parts
 
 
 def eval_metrics(engine, model, examples: Sequence, prompt_ids: Sequence[Sequence[int]], rewards: RewardSet,
