@@ -322,18 +322,22 @@ def dump_config(cfg: Section) -> str:
 Lookup = Any  # Callable[[kind, value], str | dict]: a replacement value, or a dict of updates for the whole section
 
 
-def resolve_paths(cfg: C, lookup: Lookup) -> C:
+def resolve_paths(cfg: C, lookup: Lookup, skip: frozenset[str] = frozenset(), prefix: str = "") -> C:
     """``cfg`` with every path field passed through ``lookup(kind, value)`` (nested sections, lists of sections
     and name -> path dicts included). The walk lives here, beside the fields that declare their kind; what names
     mean (``demo:`` assets, ``${stage.output}`` references) is the caller's: ``pipeline.resolve`` is the one
     resolver the commands use, so models, data and rewards only ever see real paths. A lookup may answer a dict:
     updates for the section holding the field, applied to the field itself and to fields left unset (None): a
-    demo reward becomes a Python function source keeping its label, say."""
+    demo reward becomes a Python function source keeping its label, say. ``skip``: dotted keys the config does
+    not read (``unread_paths``), left as they are: resolving them could build a demo model nobody uses."""
     updates: dict[str, Any] = {}
+    skip = skip | frozenset(getattr(cfg, "unread_paths", ()))
     for name, field in type(cfg).model_fields.items():
         value = getattr(cfg, name)
+        if f"{prefix}{name}" in skip:
+            continue
         kind = (field.json_schema_extra or {}).get("resolve") if isinstance(field.json_schema_extra, dict) else None
-        new = _resolve_value(value, kind, lookup)
+        new = _resolve_value(value, kind, lookup, skip, f"{prefix}{name}.")
         if isinstance(new, dict) and isinstance(value, str | None):  # section updates: the field, and unset ones
             updates.update({k: v for k, v in new.items() if k == name or getattr(cfg, k) is None})
         elif new is not value:
@@ -341,11 +345,11 @@ def resolve_paths(cfg: C, lookup: Lookup) -> C:
     return cfg.model_copy(update=updates) if updates else cfg
 
 
-def _resolve_value(value: Any, kind: str | None, lookup: Lookup) -> Any:
+def _resolve_value(value: Any, kind: str | None, lookup: Lookup, skip: frozenset[str], prefix: str) -> Any:
     if isinstance(value, Section):
-        return resolve_paths(value, lookup)
+        return resolve_paths(value, lookup, skip, prefix)
     if isinstance(value, list):
-        items = [_resolve_value(v, kind, lookup) for v in value]
+        items = [_resolve_value(v, kind, lookup, skip, prefix) for v in value]
         return items if any(a is not b for a, b in zip(items, value)) else value
     if kind is None:
         return value
@@ -497,6 +501,11 @@ class EvalConfig(Section):
     ]
 
     @property
+    def unread_paths(self) -> tuple[str, ...]:
+        """Path fields this eval does not read (the resolver leaves them alone)."""
+        return ("model.name_or_path",) if self.eval.mode == "policy" and self.models else ()
+
+    @property
     def policies(self) -> dict[str, str]:
         """policy mode: name -> model path, in the order given (models:, else model.name_or_path as "model")."""
         return dict(self.models) or {"model": self.model.name_or_path}
@@ -585,6 +594,8 @@ class SamplingSection(Section):
     temperature: float = Field(1.0, gt=0, description="sampling temperature (log-probs are computed at the same temperature)")
     top_p: float = Field(1.0, gt=0, le=1, description="nucleus sampling mass")
     top_k: int = Field(0, ge=0, description="top-k filter; 0 = off")
+    eval_temperature: float = Field(0.0, ge=0, description="periodic eval: 0 = greedy answers; > 0 samples them (greedy can hide progress and overstate it), with the same seeds at every eval")
+    eval_samples: int = Field(1, ge=1, description="periodic eval: answers per eval prompt when eval_temperature > 0; the figures are their means")
     engine: Literal["auto", "hf", "vllm"] = Field("auto", description="rollout engine: hf (transformers generate), vllm (colocated vllm.LLM, the vllm extra, CUDA), auto = vllm when installed and CUDA is present, else hf")
     correction: Literal["none", "tis", "mis"] = Field("none", description="correct the update for the engine's log-probs differing from the trainer's: tis = weight tokens by min(rho, correction_cap), mis = drop tokens / sequences whose rho leaves [1/cap, cap]; rho = pi_train / pi_rollout")
     correction_level: Literal["token", "sequence", "geometric"] = Field("token", description="rho per token, per sequence (product of token ratios) or per sequence as their geometric mean")
@@ -660,6 +671,7 @@ RL_REFUSED = {"data.packing": "rollouts are laid out by the sampler (packed RL u
 
 
 _SAMPLING_INACTIVE = [
+    ("sampling.eval_samples", lambda c: c.sampling.eval_temperature > 0, "greedy eval answers are all the same (sampling.eval_temperature = 0)"),
     *((f"sampling.{k}", lambda c: c.sampling.correction != "none", "no engine correction is on (sampling.correction = none)")
       for k in ("correction_level", "correction_cap")),
     *((f"sampling.{k}", lambda c: c.sampling.engine != "hf", "it configures the vllm engine (sampling.engine = hf)")
@@ -754,3 +766,58 @@ class PPOConfig(RecipeConfig):
 
 
 EvalConfig.model_rebuild()  # its rewards field names RewardSource, defined after it
+
+
+# ------------------------------------------------------------------------------------------ on-policy data
+class GenerateSection(Section):
+    samples: int = Field(4, ge=1, description="K, responses sampled per prompt (pairs and ranked need K >= 2)")
+    temperature: float = Field(1.0, gt=0, description="sampling temperature (> 0: K greedy responses would all be the same)")
+    max_new_tokens: int = Field(64, ge=1, description="token budget of each response")
+    seed: int = Field(0, description="sampling seed: response k of prompt i has its own stream, a function of (seed, k, i) as in alignkit eval's sample k, so a rerun writes the same file")
+    batch_size: int = Field(32, ge=1, description="sequences per generate call and per reward call")
+    max_prompts: int = Field(0, ge=0, description="sample for the first N prompts of data.train; 0 = all")
+    engine: Literal["auto", "hf", "vllm"] = Field("auto", description="generation engine: hf (transformers generate), vllm (vllm.LLM, the vllm extra, CUDA), auto = vllm when installed and CUDA is present, else hf")
+    output: Literal["raw", "pairs", "ranked"] = Field("pairs", description="what generated.jsonl holds: raw = every response with its scores; pairs = per prompt the best vs the worst response by the weighted total ({prompt, chosen, rejected}: alignkit dpo / rm data); ranked = per prompt its responses best first ({prompt, responses}: alignkit rm data)")
+    min_margin: float = Field(0.0, ge=0, description="pairs: keep a pair only when total(chosen) - total(rejected) >= this; 0 = any strict preference (a tie is never a pair)")
+
+
+class GenerateConfig(Section):
+    """On-policy preference data: K sampled responses per prompt, scored by reward sources, written as they are,
+    as judged pairs or as ranked lists in alignkit's own data formats (the input of ``alignkit dpo`` / ``rm``)."""
+
+    DEFAULTS: ClassVar[dict[str, dict[str, Any]]] = {}
+    REFUSED: ClassVar[dict[str, str]] = {
+        **{f"data.{k}": "generate reads data.train's prompts (the first generate.max_prompts of them), none held out"
+           for k in ("eval", "eval_fraction")},
+        **{f"data.{k}": "generate trains nothing; prompts are tokenized afresh (it is quick)"
+           for k in ("packing", "pack_length", "loss_on", "cache_tokenized")},
+        "data.duplicates": "a repeated prompt is simply sampled again; a repeated output record is dropped and counted",
+        **{f"model.{k}": "generate samples from the model as saved; it trains nothing"
+           for k in ("adapter", "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules", "gradient_checkpointing")},
+        **{f"run.{k}": "generate writes its data file and summary only; it trains, evaluates and checkpoints nothing"
+           for k in ("log_every", "eval_every", "save_every", "keep_checkpoints", "sample_every", "num_samples",
+                     "sample_max_new_tokens", "report_to", "merge_adapter")},
+    }
+    INACTIVE: ClassVar[list[tuple[str, Any, str]]] = [
+        ("generate.min_margin", lambda c: c.generate.output == "pairs", "it filters pairs (generate.output = pairs)"),
+    ]
+
+    model: ModelConfig = Field(default_factory=lambda: ModelConfig(name_or_path="demo:sft"), description="the policy to sample from")
+    data: DataConfig = Field(default_factory=lambda: DataConfig(train="demo:prompts"), description="prompt-only records (data.train is read)")
+    run: RunConfig = Field(default_factory=lambda: RunConfig(output_dir="runs/generate-{time}"), description="where generated.jsonl and summary.json go")
+    generate: GenerateSection = Field(default_factory=GenerateSection, description="sampling and what is written")
+    rewards: list[RewardSource] = Field(default_factory=_demo_rewards, description="reward sources judging every response (each score kept; their weighted sum ranks them); the default, the demo's gold judge, only knows the demo's arithmetic prompts: name yours")
+
+    @model_validator(mode="after")
+    def _honest(self) -> GenerateConfig:
+        refuse_unused(self)
+        g = self.generate
+        if not self.rewards:
+            raise ValueError("rewards: at least one reward source is needed to judge the responses (e.g. - builtin: demo_gold)")
+        labels = [s.label for s in self.rewards]
+        if len(set(labels)) < len(labels):
+            raise ValueError(f"rewards: two sources share a label ({', '.join(labels)}); give them distinct name:s")
+        if g.output != "raw" and g.samples < 2:
+            raise ValueError(f"generate.samples = {g.samples}: generate.output = {g.output} compares responses to one "
+                             "prompt and needs at least 2 of them")
+        return self

@@ -73,6 +73,7 @@ class RunFacts:
     kl_target: float | None = None  # PPO adaptive-KL target per sequence (nats) when adaptive_kl is on
     eval_only: tuple[str, ...] = ()  # labels of reward sources scored at eval only (never optimised)
     reward_models: tuple[tuple[str, str], ...] = ()  # (path, verdict) of each RM used as a reward; "" = unknown
+    sequence_clip: bool = False  # GSPO-style sequence ratios: a clip range of ~1e-4 clips a third of tokens by design
 
 
 Rule = Callable[[list[dict], RunFacts], Finding | None]  # rows so far (oldest first) -> a finding or None
@@ -222,15 +223,23 @@ def _exploit_signs(rows: list[dict], facts: RunFacts) -> list[str]:
 
 
 def _eval_gaps(rows: list[dict], facts: RunFacts, rise: tuple[float, float] | None) -> list[str]:
-    """Eval-only sources that fell while the optimised reward rose (its eval total, else the training score)."""
+    """Eval-only sources that fell from their best while the optimised reward rose (its eval total, else the
+    training score) and kept what it had at that best: the policy trades the held-out judge for the optimised one.
+    Measured from the best, not the start: RL against a proxy first improves both, then only the proxy."""
+    steps = [step for step, _ in _points(rows, "reward_eval/total")]
     total = _series(rows, "reward_eval/total")
     eval_rose = len(total) >= 2 and total[-1] > total[0] and _moved(total[0], total[-1])
     optimised = (total[0], total[-1]) if eval_rose else rise
     gaps = []
     for label in facts.eval_only if optimised else ():
         held = _series(rows, f"reward_eval/{label}")
-        if len(held) >= 2 and held[-1] < held[0] and _moved(held[0], held[-1]):
-            gaps.append(f"{label} (scored at eval only) fell from {_g(held[0])} to {_g(held[-1])} while the "
+        if len(held) < 2:
+            continue
+        best = max(range(len(held)), key=held.__getitem__)
+        kept = not eval_rose or len(total) != len(held) or not (total[best] > total[-1] and _moved(total[best], total[-1]))
+        if held[-1] < held[best] and _moved(held[best], held[-1]) and kept:
+            at = f" at step {steps[best]}" if len(steps) == len(held) else ""
+            gaps.append(f"{label} (scored at eval only) fell from {_g(held[best])}{at} to {_g(held[-1])} while the "
                         f"optimised reward rose from {_g(optimised[0])} to {_g(optimised[1])}")
     return gaps
 
@@ -253,7 +262,7 @@ def reward_hacking(rows: list[dict], facts: RunFacts) -> Finding | None:
 
 def clipfrac_high(rows: list[dict], facts: RunFacts) -> Finding | None:
     recent = _above(rows, "policy/clipfrac", CLIPFRAC_WINDOW, CLIPFRAC_HIGH)
-    if recent is None:
+    if recent is None or facts.sequence_clip:
         return None
     return Finding("clipfrac_high", _last_step(rows), "warning",
                    f"The policy clip fraction was {', '.join(map(_g, recent))} over the last {CLIPFRAC_WINDOW} logged "
@@ -396,13 +405,14 @@ class Doctor:
         self.findings: list[Finding] = []
         self._written = False
 
-    def check(self, rows: list[dict]) -> list[Finding]:
-        """New findings only. health.json is rewritten when something new fires, and on the first call so that it
-        exists (the report then knows the run was checked and found healthy)."""
+    def check(self, rows: list[dict], final: bool = False) -> list[Finding]:
+        """New findings only. health.json is rewritten when something new fires, on the first call so that it
+        exists (the report then knows the run was checked and found healthy), and on the ``final`` check at the
+        end of the run (its last step)."""
         fired = {f.rule for f in self.findings}
         new = [f for name, rule in RULES.items() if name not in fired and (f := rule(rows, self.facts)) is not None]
         self.findings.extend(new)
-        if self.path is not None and (new or not self._written):
+        if self.path is not None and (new or final or not self._written):
             atomic_write_json(self.path, {"findings": [asdict(f) for f in self.findings], "rules_checked": sorted(RULES),
                                           "last_step": _step(rows[-1]) if rows else None})
             self._written = True

@@ -40,6 +40,7 @@ from .config import (
     ConfigError,
     DPOConfig,
     EvalConfig,
+    GenerateConfig,
     GRPOConfig,
     KTOConfig,
     PPOConfig,
@@ -51,6 +52,7 @@ from .config import (
     resolve_paths,
     validate,
 )
+from .doctor import HEALTH_FILE, read_health
 
 
 # ----------------------------------------------------------------------------------------------- recipes
@@ -79,6 +81,12 @@ def _run_eval(cfg, resume):
     return run_eval(cfg)
 
 
+def _run_generate(cfg, resume):
+    from .generate import run_generate
+
+    return run_generate(cfg, resume)
+
+
 RECIPES: dict[str, Recipe] = {
     "sft": Recipe(SFTConfig, _lazy("sft"), "supervised fine-tuning on prompt/response or chat data"),
     "rm": Recipe(RMConfig, _lazy("rm"), "reward model (Bradley-Terry on pairs, all-pairs / Plackett-Luce on rankings)"),
@@ -89,6 +97,9 @@ RECIPES: dict[str, Recipe] = {
     "grpo": Recipe(GRPOConfig, _lazy("grpo"), "GRPO / GSPO / Dr.GRPO / RLOO / REINFORCE++ with pluggable rewards"),
     "dpo": Recipe(DPOConfig, _lazy("dpo"), "DPO and its family (cDPO, robust, IPO, hinge, SimPO, ORPO) on preference pairs"),
     "kto": Recipe(KTOConfig, _lazy("kto"), "KTO on unpaired desirable / undesirable examples"),
+    "generate": Recipe(GenerateConfig, _run_generate,
+                       "on-policy preference data: sample K responses per prompt, score them with reward sources, write "
+                       "them raw, as judged pairs (dpo / rm data) or as ranked lists (rm data)", output="generated.jsonl"),
 }
 
 
@@ -294,13 +305,21 @@ def run_pipeline(path: str | Path, only: str | None = None, start: str | None = 
         summaries[stage.name] = RECIPES[stage.recipe].train(configs[stage.name], True if resume else None)
         state[stage.name].update(status="done", seconds=round(time.time() - started, 1), finished=time.time())
         atomic_write_json(state_file, state)
-    write_pipeline_outputs(pipeline, state, summaries)
+    report = write_pipeline_outputs(pipeline, state, summaries)
+    from .eval.policies import eval_tables, print_comparison
+
+    for stage in pipeline.stages:  # an eval that ran printed its table; one skipped prints it again here
+        if stage.recipe == "eval" and actions[stage.name] == "skip":
+            for table in eval_tables(summaries[stage.name]):
+                print_comparison(table)
+    findings = sum(len(read_health(pipeline.run_dir(s) / HEALTH_FILE)) for s in pipeline.stages)
+    announce(f"pipeline: {len(pipeline.stages)} stages in {pipeline.dir}; the doctor's findings: {findings}; "
+             f"report: {report}")
     return summaries
 
 
 def write_pipeline_outputs(pipeline: Pipeline, state: dict[str, dict], summaries: dict[str, Any]) -> Path:
     """The pipeline's report.html: every stage's status, curves and doctor findings, and the eval tables."""
-    from .doctor import read_health
     from .eval.policies import eval_tables
     from .report import write_pipeline_report
 
@@ -311,7 +330,7 @@ def write_pipeline_outputs(pipeline: Pipeline, state: dict[str, dict], summaries
         stages.append({"name": stage.name, "recipe": stage.recipe, "run_dir": str(run_dir),
                        "status": state.get(stage.name, {}).get("status", "not run"),
                        "seconds": state.get(stage.name, {}).get("seconds"), "summary": summary})
-        findings[stage.name] = [f.__dict__ for f in read_health(run_dir / "health.json")]
+        findings[stage.name] = [f.__dict__ for f in read_health(run_dir / HEALTH_FILE)]
         if stage.recipe == "eval":
             tables.extend(eval_tables(summary))
     return write_pipeline_report(pipeline.dir, stages, tables, findings)

@@ -166,8 +166,9 @@ def start_run(cfg: Section, recipe: str, resume: str | bool | None = None) -> Ru
 def run_facts(cfg: Section, recipe: str) -> RunFacts:
     """What the doctor knows beside the metrics: the planned steps, the KL target, which rewards are eval-only,
     and the verdict each reward model's own training left beside it."""
-    ppo = getattr(cfg, "ppo", None)
-    return RunFacts(recipe=recipe, max_steps=cfg.train.max_steps,  # type: ignore[attr-defined]
+    ppo, grpo = getattr(cfg, "ppo", None), getattr(cfg, "grpo", None)
+    return RunFacts(sequence_clip=grpo is not None and grpo.ratio == "sequence",
+                    recipe=recipe, max_steps=cfg.train.max_steps,  # type: ignore[attr-defined]
                     kl_target=ppo.kl_target if ppo is not None and ppo.adaptive_kl else None,
                     eval_only=tuple(s.label for s in getattr(cfg, "eval_rewards", [])),
                     reward_models=tuple((s.reward_model, reward_verdict(s.reward_model))
@@ -449,6 +450,7 @@ def finish_run(run: Run, summary: dict[str, Any], headline: Sequence[tuple[str, 
         run.log.flush()
         plot_curves(run.log.rows, run.dir / CURVES, title=f"{run.recipe}: {run.dir.name}")
         if run.doctor is not None:
+            run.doctor.check(run.log.rows, final=True)
             summary["health"] = {"findings": [f.rule for f in run.doctor.findings], "file": HEALTH_FILE}
         run.log.write_summary(summary)
         write_report(run.dir, summary, run.log.samples, findings=_findings(run))

@@ -216,6 +216,13 @@ def test_kl_high_measures_against_the_adaptive_target():
     assert finding is not None and "above 10" in finding.message and "adaptive target of 2" in finding.message
 
 
+def test_clipfrac_is_expected_under_sequence_ratios():
+    """GSPO's sequence clip range (~1e-4) clips a third of the tokens by design: not a finding there."""
+    firing = CASES["clipfrac_high"].firing
+    assert RULES["clipfrac_high"](firing, PPO) is not None
+    assert RULES["clipfrac_high"](firing, replace(GRPO, sequence_clip=True)) is None
+
+
 def test_kl_high_reads_grpo_per_token_kl_times_length():
     rows = grpo({"kl/per_token": lambda t: 0.05 + 0.5 * t, "length/mean": 30.0})
     last = rows[-2]  # the last training row (an eval row follows at the same step)
@@ -273,8 +280,8 @@ def test_real_run_gold_falls_while_the_rm_score_rises():
     rows = real_rows(HACKED)
     finding = RULES["reward_hacking"](rows, PPO)
     assert finding is not None
-    assert "demo_gold (scored at eval only) fell from 0.585 to -1 while the optimised reward rose from 0.02 to 1.31" \
-        in finding.message
+    assert "demo_gold (scored at eval only) fell from 0.585 at step 0 to -1 while the optimised reward rose from 0.02 " \
+        "to 1.31" in finding.message
     assert {f.rule for f in Doctor(PPO).check(rows)} == {"reward_hacking", "kl_high", "entropy_collapse"}
     assert Doctor(PPO).check(real_rows(HEALTHY_REAL)) == []
 
@@ -354,3 +361,22 @@ def test_sparse_rows_and_missing_keys_crash_no_rule(recipe):
                 for rule in RULES.values():
                     finding = rule(candidate[:end], facts_)
                     assert finding is None or isinstance(finding, Finding)
+
+
+@pytest.mark.slow
+def test_weak_kl_ppo_on_the_demo_raises_reward_hacking(tmp_path, demo_rm):
+    """The demo's PPO against its reward model with kl_coef 0.05 for 50 steps: the gold judge (scored at eval
+    only) peaks early and falls while the RM score holds; the doctor must say so, in health.json and the report."""
+    import json
+
+    from alignkit.demo.run import DEMO_STAGES, stage_config
+
+    cfg = stage_config("ppo", tmp_path / "ppo", ppo={"kl_coef": 0.05}, train={"max_steps": 50, "batch_size": 16},
+                       run={"eval_every": 10, "log_every": 2, "save_every": 0, "sample_every": 0, "progress": False})
+    DEMO_STAGES["ppo"].train(cfg)
+    findings = {f["rule"]: f for f in json.loads((tmp_path / "ppo" / "health.json").read_text())["findings"]}
+    assert "reward_hacking" in findings and "demo_gold (scored at eval only) fell" in findings["reward_hacking"]["message"]
+    evals = [json.loads(line) for line in (tmp_path / "ppo" / "training_metrics.jsonl").read_text().splitlines()]
+    gold = [r["reward_eval/demo_gold"] for r in evals if "reward_eval/demo_gold" in r]
+    assert max(gold) - gold[-1] > 0.1  # the fall is real, not the rule's artefact
+    assert "reward_hacking" in (tmp_path / "ppo" / "report.html").read_text()

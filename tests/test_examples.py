@@ -12,7 +12,8 @@ from alignkit.config import load_config
 HAS_VLLM = importlib.util.find_spec("vllm") is not None and torch.cuda.is_available()
 EXAMPLES = sorted(p for p in Path(__file__).resolve().parent.parent.glob("examples/*.yaml") if "pipeline" not in p.stem)
 RECIPE_OF = {"sft": "sft", "rm": "rm", "eval": "eval", "dpo": "dpo", "simpo": "dpo", "orpo": "dpo", "kto": "kto",
-             "ppo": "ppo", "grpo": "grpo", "gspo": "grpo", "rloo": "grpo"}
+             "ppo": "ppo", "grpo": "grpo", "gspo": "grpo", "rloo": "grpo",
+             "generate": "generate"}
 
 
 def recipe_for(path: Path) -> str:
@@ -31,7 +32,8 @@ def test_example_validates(path):
 SHORT = {"sft": ["train.max_steps=2"], "rm": ["train.max_steps=2"], "dpo": ["train.max_steps=2"],
          "kto": ["train.max_steps=2"], "ppo": ["train.max_steps=1", "train.batch_size=8", "ppo.ppo_epochs=1"],
          "grpo": ["train.max_steps=1", "train.batch_size=2"], "eval": ["model.name_or_path=demo:rm"],
-         "eval_policy": []}
+         "eval_policy": ["eval.max_prompts=6", "eval.samples=2", "eval.human_sheet=2", "eval.bootstrap=100"],
+         "generate": ["generate.max_prompts=4", "generate.max_new_tokens=8"]}
 
 
 @pytest.mark.slow

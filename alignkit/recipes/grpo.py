@@ -21,7 +21,6 @@ Departures from the papers (numbered, as they matter when reading curves):
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -36,6 +35,7 @@ from ..rollout.core import (
     Rollout,
     chunks_of,
     collect,
+    diversity,
     policy_logps,
     rollout_seeds,
     rows_logps,
@@ -122,7 +122,7 @@ def step_metrics(acc, r: Rollout, sums: dict, mask, keep, flat_groups, extra: di
                **{f"reward/{k}": v.mean().item() for k, v in r.rewards.items()},
                **{f"reward_std/{k}": v.std().item() for k, v in r.rewards.items()},
                "loss/policy": totals["loss"], "groups/zero_spread_frac": flat_groups.float().mean().item(),
-               "groups/kept_rows_frac": keep.float().mean().item(),
+               "groups/kept_rows_frac": keep.float().mean().item(), **diversity(r.texts),
                **{f"policy/{name}": totals[key] / n_tokens for name, key in (
                    ("clipfrac", "clipfrac"), ("clip_low_frac", "clip_low"), ("clip_high_frac", "clip_high"),
                    ("approx_kl", "approx_kl"))},
@@ -208,7 +208,6 @@ def train(cfg: GRPOConfig, resume: str | bool | None = None) -> dict:
                "final": final_eval, "initial": {k: v for k, v in first.items() if k.startswith("reward_eval/")},
                "tokens_per_s": tokens_total / max(time.time() - train_clock, 1e-9), "prompts": s.prompts,
                "parameters": {"trainable": s.parameters[0], "total": s.parameters[1]}}
-    headline = [("steps", steps), ("eval reward before", first.get("reward_eval/total", math.nan)),
-                ("eval reward after", final_eval.get("reward_eval/total", math.nan)),
+    headline = [("steps", steps),  # each eval reward before -> after follows (runtime.reward_gap)
                 ("final model", str(run.dir / "final"))]
     return finish_run(run, summary, headline)

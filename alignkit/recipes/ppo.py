@@ -25,7 +25,6 @@ Departures from InstructGPT / Ziegler et al.:
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -47,6 +46,7 @@ from ..rollout.core import (
     Rollout,
     chunks_of,
     collect,
+    diversity,
     gather_rows,
     policy_logps,
     rollout_seeds,
@@ -206,7 +206,7 @@ def step_metrics(acc, cfg: PPOConfig, r: Rollout, sums: dict, glob: dict, scores
     adv_mean = masked_mean(advantages, mask)
     metrics = {
         "reward/score": scores.mean().item(), **{f"reward/{k}": v.mean().item() for k, v in r.rewards.items()},
-        "reward/with_kl": token_rewards.sum(-1).mean().item(),
+        "reward/with_kl": token_rewards.sum(-1).mean().item(), **diversity(r.texts),
         "kl/per_token": masked_mean(kl, mask).item(), "kl/per_sequence": kl.sum(-1).mean().item(), "kl/coef": kl_coef,
         "loss/value": glob["value_loss"] / glob["updates"],
         "value/explained_variance": explained_variance(old_values, returns, mask).item(),
@@ -307,8 +307,7 @@ def train(cfg: PPOConfig, resume: str | bool | None = None) -> dict:
                "optimizer_steps_per_rollout_step": s.per_step, "prompts": s.prompts, "engine": s.engine.name,
                "parameters": {"actor_trainable": s.parameters[0], "actor_total": s.parameters[1]},
                "peak_memory_mib": _peak_memory_mib()}
-    headline = [("steps", steps), ("eval reward before", first.get("reward_eval/total", math.nan)),
-                ("eval reward after", final_eval.get("reward_eval/total", math.nan)),
+    headline = [("steps", steps),  # each eval reward before -> after follows (runtime.reward_gap)
                 ("KL per sequence (last)", run.log.last("kl/per_sequence")), ("final model", str(run.dir / "final"))]
     return finish_run(run, summary, headline)
 

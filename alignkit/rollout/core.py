@@ -144,6 +144,14 @@ def collect(acc, engine, model, examples: Sequence, prompt_ids: Sequence[Sequenc
                    seconds=seconds)
 
 
+def diversity(texts: Sequence[str]) -> dict[str, float]:
+    """The step's responses: corpus distinct-2 and mean within-response repetition (seq-rep-2), logged so the
+    doctor can see diversity collapse or a few high-reward words repeated while the reward rises."""
+    from ..eval.stats import distinct_n, repetition_rate
+
+    return {"diversity/distinct2": distinct_n(texts, 2), "diversity/repetition": repetition_rate(texts, 2)}
+
+
 @torch.no_grad()
 def rows_logps(acc, logps_of, batch: RolloutBatch, chunks: list[list[int]]) -> Tensor:
     """(B, R) response log-probs of the whole batch, without gradients: this process computes its ``chunks`` of

@@ -57,13 +57,27 @@ def answer(engine, model, examples: Sequence, prompt_ids: Sequence[Sequence[int]
     return gens, total, parts
 
 
+EVAL_SEED_STEP = 10**9  # eval answers draw from their own seed stream, the same at every eval of a run
+
+
 def eval_metrics(engine, model, examples: Sequence, prompt_ids: Sequence[Sequence[int]], rewards: RewardSet,
-                 max_new_tokens: int, extra: RewardSet | None = None) -> dict[str, float]:
-    """The RL recipes' periodic eval, as logged: greedy answers, ``reward_eval/<total | label>``, ``length/eval``,
-    ``eos_rate/eval``. Every process computes the same figures (the eval set is small next to training)."""
-    metrics, _ = evaluate_policy(engine, model, examples, prompt_ids, rewards,
-                                 SamplingParams(max_new_tokens=max_new_tokens, temperature=0.0), extra)
-    if not metrics:
+                 max_new_tokens: int, extra: RewardSet | None = None, temperature: float = 0.0, samples: int = 1,
+                 seed: int = 0) -> dict[str, float]:
+    """The RL recipes' periodic eval, as logged: ``reward_eval/<total | label>``, ``length/eval``,
+    ``eos_rate/eval``. Greedy answers by default; with ``temperature`` > 0, ``samples`` seeded answers per prompt
+    (the same seeds at every eval, so two evals differ by the model only) and their mean figures. Every process
+    computes the same figures (the eval set is small next to training)."""
+    from ..rollout.core import rollout_seeds
+
+    runs = []
+    for k in range(samples if temperature > 0 else 1):
+        seeds = rollout_seeds(seed, EVAL_SEED_STEP + k, 0, len(examples)) if temperature > 0 else None
+        metrics, _ = evaluate_policy(engine, model, examples, prompt_ids, rewards,
+                                     SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature), extra,
+                                     seeds=seeds)
+        runs.append(metrics)
+    if not runs[0]:
         return {}
+    metrics = {key: fmean(m[key] for m in runs) for key in runs[0]}
     length, eos = metrics.pop("response_tokens"), metrics.pop("eos_rate")
     return {**{f"reward_eval/{k}": v for k, v in metrics.items()}, "length/eval": length, "eos_rate/eval": eos}

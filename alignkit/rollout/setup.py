@@ -44,9 +44,11 @@ class RLSetup:
         self.parameters = count_parameters(prepared_policy)
 
     def evaluate(self, cfg) -> dict[str, float]:
-        """Greedy answers to the eval prompts, scored by every source (``reward_eval/*``, ``length/eval``...)."""
-        return eval_metrics(self.engine, self.policy, *self.eval, self.rewards, cfg.sampling.max_new_tokens,
-                            self.eval_only)
+        """Answers to the eval prompts (greedy, or sampled: sampling.eval_temperature / eval_samples), scored by
+        every source (``reward_eval/*``, ``length/eval``...)."""
+        s = cfg.sampling
+        return eval_metrics(self.engine, self.policy, *self.eval, self.rewards, s.max_new_tokens, self.eval_only,
+                            temperature=s.eval_temperature, samples=s.eval_samples, seed=cfg.train.seed)
 
 
 def load_rl(run, cfg, with_reference: bool) -> RLSetup:
