@@ -453,7 +453,7 @@ def finish_run(run: Run, summary: dict[str, Any], headline: Sequence[tuple[str, 
             run.doctor.check(run.log.rows, final=True)
             summary["health"] = {"findings": [f.rule for f in run.doctor.findings], "file": HEALTH_FILE}
         run.log.write_summary(summary)
-        write_report(run.dir, summary, run.log.samples, findings=_findings(run))
+        write_report(run.dir, summary, run.log.samples, findings=_findings(run), eval_tables=eval_table(run, summary))
         _print_summary(run, [*headline, *reward_gap(run, summary)], wall)
     return summary
 
@@ -470,6 +470,17 @@ def reward_gap(run: Run, summary: dict[str, Any]) -> list[tuple[str, str]]:
             kind = "eval only" if label in eval_only else ("optimised total" if label == "total" else "optimised")
             rows.append((f"eval {label} ({kind})", f"{initial[key]:.3f} -> {after:.3f}"))
     return rows
+
+
+def eval_table(run: Run, summary: dict[str, Any]) -> list[dict[str, Any]]:
+    """The run's eval figures for its report: each at the start (when the run evaluated before training) and at
+    the end, eval-only rewards marked."""
+    initial, final = summary.get("initial") or {}, summary.get("final") or {}
+    eval_only = set(run.doctor.facts.eval_only) if run.doctor is not None else set()
+    rows = [[key + (" (eval only)" if key.removeprefix("reward_eval/") in eval_only else ""), initial.get(key), value]
+            for key, value in final.items() if "eval" in key and isinstance(value, int | float)]
+    return [{"title": "held-out eval: before training and at the end", "columns": ["metric", "before", "after"],
+             "rows": rows}] if rows else []
 
 
 def _print_summary(run: Run, headline: Sequence[tuple[str, Any]], wall: float) -> None:

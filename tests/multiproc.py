@@ -55,7 +55,8 @@ def arm_kill(where: str, step: int) -> None:
     - ``state``: inside the checkpoint write for ``step``, after the weights and optimizer are on disk but before
       the trainer state that marks the checkpoint complete;
     - ``promote``: between the two renames that swap a finished checkpoint folder into place;
-    - ``metrics``: while the metrics file is being rewritten for the checkpoint at ``step``;
+    - ``metrics``: while the metrics file is first rewritten with ``step``'s row in it (the metrics are rewritten at
+      every logging step, so this is after step ``step - 1``'s checkpoint and before ``step``'s);
     - ``after``: right after the checkpoint at ``step`` is complete.
     """
     from alignkit import checkpoint, tracking
@@ -85,14 +86,10 @@ def arm_kill(where: str, step: int) -> None:
 
         checkpoint.promote = promote
     elif where == "metrics":
-        seen = {"n": 0}
-
         def write_text(path, text):
-            if Path(path).name == tracking.METRICS_JSONL:
-                seen["n"] += 1
-                if seen["n"] == step:  # inside the step-th rewrite of the metrics: the new file half on disk
-                    Path(path).with_name(f".{Path(path).name}.killed.tmp").write_text(text[: len(text) // 2])
-                    die()
+            if Path(path).name == tracking.METRICS_JSONL and text and json.loads(text.splitlines()[-1])["step"] == step:
+                Path(path).with_name(f".{Path(path).name}.killed.tmp").write_text(text[: len(text) // 2])
+                die()  # inside the rewrite: the new file half on disk, the old one in place
             real_text(path, text)
 
         tracking.atomic_write_text = write_text

@@ -27,9 +27,10 @@ SETTINGS = {
                     "kl_target": 0.05, "kl_horizon": 50, "reward_norm": "running"}},
 }
 # (where, step): inside step 2's checkpoint write before its completion mark; between the renames of step 3's;
-# inside the second metrics rewrite of that process (step 4's checkpoint); right after step 5's checkpoint; at a
-# random moment of what is left (step 6, the final eval and save), which may also come after the run's end.
-KILLS = [("state", 2), ("promote", 3), ("metrics", 2), ("after", 5), ("random", 0)]
+# inside the first metrics rewrite holding step 4's row (the metrics are rewritten at every logging step);
+# right after step 5's checkpoint; at a random moment of what is left (step 6, the final eval and save), which may
+# also come after the run's end.
+KILLS = [("state", 2), ("promote", 3), ("metrics", 4), ("after", 5), ("random", 0)]
 
 
 def config(recipe, run_dir):

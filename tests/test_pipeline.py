@@ -138,7 +138,8 @@ def test_a_pipeline_runs_skips_resumes_and_reruns(tmp_path, demo_base):
     weights = load_file(out / "sft" / "final" / "model.safetensors")
     said.clear()
     run_pipeline(path, announce=said.append)
-    assert [s.split() for s in said] == [["sft", "skip"], ["check", "skip"]]
+    assert [s.split() for s in said[:2]] == [["sft", "skip"], ["check", "skip"]]
+    assert said[-1].startswith("pipeline: 2 stages in") and said[-1].endswith(str(out / "report.html"))
     # interrupted after its first checkpoint: state says running, no summary, a checkpoint at step 1
     state = json.loads((out / "pipeline_state.json").read_text())
     state["sft"]["status"] = "running"

@@ -145,11 +145,13 @@ def test_alignkit_eval_policy_is_the_evaluator_the_demo_uses(demo_sft, tmp_path)
     prompts = tmp_path / "prompts.jsonl"  # the demo's first 80 eval prompts, as score_model(n_prompts=80) reads them
     prompts.write_text("".join(demo_data("prompts_eval").read_text().splitlines(keepends=True)[:80]))
     example = Path(__file__).resolve().parent.parent / "examples" / "eval_policy.yaml"
-    assert main(["eval", str(example), f"model.name_or_path={demo_sft}", f"data.train={prompts}",
+    assert main(["eval", str(example), f"models={{sft: {demo_sft}, untrained: demo:base}}", f"data.train={prompts}",
+                 "eval.max_prompts=0", "eval.temperature=0", "eval.samples=1", "eval.human_sheet=0",
                  f"run.output_dir={tmp_path / 'eval'}"]) == 0
     summary = json.loads((tmp_path / "eval" / "summary.json").read_text())
     demo = score_model(str(demo_sft), n_prompts=80)
-    assert summary["prompts"]["kept"] == 80
-    assert summary["demo_gold"] == pytest.approx(demo["gold"]) and summary["demo_format"] == pytest.approx(demo["format"])
-    assert summary["demo_gold[held_out=true]"] == pytest.approx(demo["gold[held_out=true]"])
-    assert len((tmp_path / "eval" / "samples.jsonl").read_text().splitlines()) == 80
+    sft = summary["models"]["sft"]
+    assert summary["prompts"] == 80
+    assert sft["gold"]["mean"] == pytest.approx(demo["gold"]) and sft["well_formed"]["mean"] == pytest.approx(demo["format"])
+    assert sft["gold"]["mean[held_out=true]"] == pytest.approx(demo["gold[held_out=true]"])
+    assert len((tmp_path / "eval" / "samples.jsonl").read_text().splitlines()) == 160

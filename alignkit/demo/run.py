@@ -23,7 +23,7 @@ from ..sampling import SamplingParams
 class Stage:
     config: type
     settings: dict[str, Any]  # the demo's settings, tuned for the ~1M-parameter model on 2 CPU cores
-    fast_steps: int  # max_steps under --fast (tests)
+    fast_steps: int  # max_steps of stage_config(fast=True): the tests' short runs
 
     @property
     def recipe(self) -> str:
