@@ -48,8 +48,8 @@ RM_READY_ACCURACY = 0.7  # the field's rule of thumb (as recipes/rm.py): under 7
 LENGTH_CORRELATION, LENGTH_ROWS, LENGTH_DRIVE_GROWTH = 0.9, 8, 1.5  # reward tracks length, and length grew 50%
 PREFERENCE_RECIPES = frozenset({"dpo", "kto"})  # SimPO / ORPO / IPO run through the dpo recipe
 DPO_CHANCE, DPO_WINDOW, DPO_SETTLE = (0.45, 0.55), 5, 0.3  # chance accuracy over the last 5 rows past 30% of the run
-# logps/chosen is logged per token (recipes/dpo.py divides by the length): 0.5 nats/token is a large fall, as in
-# dpo.diagnose. Per-batch values swing by about that much in the demo sweeps, so the thirds need 4 values each.
+# logps/chosen is logged per token (recipes/dpo.py divides by the length): 0.5 nats/token is a large fall. Per-batch
+# values swing by about that much in the demo sweeps, so the thirds need 4 values each.
 CHOSEN_LOGPS_DROP, CHOSEN_MIN_VALUES = 0.5, 12
 ZERO_SPREAD_HIGH, ZERO_SPREAD_WINDOW = 0.5, 3  # over half the groups give no gradient
 MISMATCH_KL_HIGH, MISMATCH_WINDOW = 0.01, 3  # engine vs trainer log-prob KL per token that biases the update

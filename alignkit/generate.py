@@ -102,6 +102,9 @@ def run_generate(cfg, resume=None) -> dict:
     summary = summarize(cfg, engine_kind, report, answers, records, counts)
     summary.update(file=str(path), run_dir=str(run_dir))
     atomic_write_json(run_dir / "summary.json", summary)
+    from .report import write_report
+
+    write_report(run_dir, summary, records)  # every written record, filterable, beside the counts
     print_summary(summary)
     return summary
 

@@ -38,8 +38,8 @@ class Run:
     prepared: int = 0  # trained models wrapped by accelerate so far
     fixed_threads: bool = False  # run.threads was given (else a resumed run takes the thread count it started with)
     doctor: Doctor | None = None  # health rules over the logged rows (main process)
-    live_every_s: float = 30.0  # refresh the live report.html / training_curves.png at most this often
-    _live_at: float = 0.0
+    live_every_s: float = 30.0  # refresh the live report.html / training_curves.png at most this often (the first
+    _live_at: float = field(default_factory=time.time)  # 30 s in: a short run only draws its final report)
 
     @property
     def is_main(self) -> bool:

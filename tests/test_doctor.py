@@ -364,19 +364,22 @@ def test_sparse_rows_and_missing_keys_crash_no_rule(recipe):
 
 
 @pytest.mark.slow
-def test_weak_kl_ppo_on_the_demo_raises_reward_hacking(tmp_path, demo_rm):
-    """The demo's PPO against its reward model with kl_coef 0.05 for 50 steps: the gold judge (scored at eval
-    only) peaks early and falls while the RM score holds; the doctor must say so, in health.json and the report."""
+def test_ppo_raises_gold_then_the_doctor_sees_reward_hacking(tmp_path, demo_rm):
+    """The demo's PPO against its reward model with kl_coef 0.05 for 50 steps. PPO works: the RM score rises and
+    gold (scored at eval only) rises well over SFT's. Then gold falls from its peak while the RM score holds: the
+    doctor must say reward_hacking, in health.json and the report."""
     import json
 
     from alignkit.demo.run import DEMO_STAGES, stage_config
 
     cfg = stage_config("ppo", tmp_path / "ppo", ppo={"kl_coef": 0.05}, train={"max_steps": 50, "batch_size": 16},
                        run={"eval_every": 10, "log_every": 2, "save_every": 0, "sample_every": 0, "progress": False})
-    DEMO_STAGES["ppo"].train(cfg)
+    summary = DEMO_STAGES["ppo"].train(cfg)
+    rows = [json.loads(line) for line in (tmp_path / "ppo" / "training_metrics.jsonl").read_text().splitlines()]
+    gold = [r["reward_eval/demo_gold"] for r in rows if "reward_eval/demo_gold" in r]
+    assert max(gold) >= gold[0] + 0.3, gold  # a sign-flipped loss cannot do this
+    assert summary["final"]["reward_eval/reward_model"] > summary["initial"]["reward_eval/reward_model"] + 0.5
+    assert max(gold) - gold[-1] > 0.1, gold  # the fall is real, not the rule's artefact
     findings = {f["rule"]: f for f in json.loads((tmp_path / "ppo" / "health.json").read_text())["findings"]}
     assert "reward_hacking" in findings and "demo_gold (scored at eval only) fell" in findings["reward_hacking"]["message"]
-    evals = [json.loads(line) for line in (tmp_path / "ppo" / "training_metrics.jsonl").read_text().splitlines()]
-    gold = [r["reward_eval/demo_gold"] for r in evals if "reward_eval/demo_gold" in r]
-    assert max(gold) - gold[-1] > 0.1  # the fall is real, not the rule's artefact
     assert "reward_hacking" in (tmp_path / "ppo" / "report.html").read_text()

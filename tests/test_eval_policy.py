@@ -87,3 +87,4 @@ def test_the_comparison_on_the_demo(tmp_path, demo_sft, demo_base):
                  args[-1]]) == 0
     ratings = json.loads((tmp_path / "ev2" / "summary.json").read_text())["human_ratings"]
     assert ratings["models"]["sft"]["helpfulness"]["win_rate"] == 1.0
+    assert "ratings vs untrained" in (tmp_path / "ev2" / "report.html").read_text()

@@ -92,14 +92,8 @@ def test_group_relative_rl_raises_gold(variant, tmp_path):
     assert after >= before + 0.3, (before, after)
 
 
-@pytest.mark.slow
-def test_ppo_against_the_reward_model_raises_gold(tmp_path):
-    from alignkit.recipes.ppo import train
-
-    summary = train(rl_config("ppo", tmp_path, "run"))
-    before, after = gold(summary)
-    assert after >= before + 0.3, (before, after)
-    assert summary["final"]["reward_eval/reward_model"] > summary["initial"]["reward_eval/reward_model"]
+# PPO against the reward model: tests/test_doctor.py::test_ppo_raises_gold_then_the_doctor_sees_reward_hacking
+# (one run shows both: gold rises over SFT, then falls while the RM score holds, and the doctor says so).
 
 
 def test_shared_value_head_adds_only_a_head_and_trains_the_backbone(demo_sft, demo_tokenizer):

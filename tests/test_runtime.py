@@ -220,3 +220,31 @@ def test_duplicates_keep_lets_a_repeated_record_through():
         load_split(DataConfig(train=path, eval_fraction=0), "sft", 0)
     train, _ = load_split(DataConfig(train=path, eval_fraction=0, duplicates="keep"), "sft", 0)
     assert len(train) == len(Path(path).read_text().splitlines())
+
+
+def test_after_each_log_the_metrics_the_doctor_and_the_live_report_are_written(tmp_path):
+    """A running job can be watched: every logged row rewrites the metrics files, the doctor says a new finding
+    once, and the live report (with its refresh) is redrawn at most every live_every_s seconds."""
+    import json
+    from types import SimpleNamespace
+
+    from alignkit.doctor import Doctor, RunFacts
+    from alignkit.runtime import after_log
+    from alignkit.tracking import RunLog
+
+    said: list[str] = []
+    log = RunLog(tmp_path)
+    run = SimpleNamespace(dir=tmp_path, recipe="sft", log=log, live_every_s=30.0, _live_at=0.0, print=said.append,
+                          doctor=Doctor(RunFacts("sft", 10), tmp_path / "health.json"))
+    log.watchers.append(lambda rows: after_log(run, rows))
+    log.log(1, {"loss/train": 2.0})
+    assert [json.loads(x)["loss/train"] for x in (tmp_path / "training_metrics.jsonl").read_text().splitlines()] == [2.0]
+    page = (tmp_path / "report.html").read_text()
+    assert 'http-equiv="refresh"' in page and (tmp_path / "training_curves.png").is_file()
+    (tmp_path / "report.html").unlink()
+    log.log(2, {"loss/train": float("nan")})
+    log.log(3, {"loss/train": float("nan")})
+    assert len((tmp_path / "training_metrics.csv").read_text().splitlines()) == 4  # header + 3 rows, before any end
+    assert not (tmp_path / "report.html").exists()  # redrawn at most every 30 s
+    assert [s.split()[1] for s in said] == ["[error]"] and "nonfinite (step 2)" in said[0]  # said once
+    assert json.loads((tmp_path / "health.json").read_text())["findings"][0]["rule"] == "nonfinite"

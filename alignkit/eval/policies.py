@@ -87,7 +87,8 @@ def eval_policy(cfg) -> dict:
     atomic_write_json(run_dir / "summary.json", summary)
     tables = eval_tables(summary)
     write_report(run_dir, {k: v for k, v in summary.items() if k != "models"}, rows, eval_tables=tables)
-    print_comparison(tables[0])
+    for table in tables:
+        print_comparison(table)
     print(f"report: {run_dir / 'report.html'}")
     return summary
 
@@ -208,7 +209,21 @@ def eval_tables(summary: dict) -> list[dict]:
         rows.append(cells)
     title = (f"{summary['prompts']} prompts x {summary['samples_per_prompt']} answer(s), "
              f"temperature {summary['sampling']['temperature']}; intervals: {summary['interval']}")
-    return [{"title": title, "columns": columns, "rows": rows}]
+    return [{"title": title, "columns": columns, "rows": rows}, *ratings_tables(summary.get("human_ratings"))]
+
+
+def ratings_tables(ratings: dict | None) -> list[dict]:
+    """The filled human-eval sheets as a table: each model's preference rate over the baseline per dimension
+    (ties half, 95% bootstrap interval over ratings), and the raters' agreement."""
+    if not ratings:
+        return []
+    dims = list(next(iter(ratings["models"].values()), {}))
+    rows = [[name, *(f"{d['win_rate']:.3f} [{d['low']:.3f}, {d['high']:.3f}] (n={d['n']})" if d["n"] else "no ratings"
+                     for d in (per[dim] for dim in dims))] for name, per in ratings["models"].items()]
+    agreement = ", ".join(f"{dim} {a['fleiss_kappa']:.2f} over {a['items']} items" if a["fleiss_kappa"] is not None
+                          else f"{dim}: one rater per item" for dim, a in ratings["agreement"].items())
+    return [{"title": f"people's ratings vs {ratings['baseline']} ({len(ratings['raters'])} raters; Fleiss' kappa: "
+                      f"{agreement})", "columns": ["model", *dims], "rows": rows}]
 
 
 def print_comparison(table: dict) -> None:

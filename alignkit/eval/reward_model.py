@@ -101,7 +101,19 @@ def eval_reward_model(cfg) -> dict:
     from ..checkpoint import atomic_write_json
 
     atomic_write_json(run_dir / "summary.json", summary)
+    from ..report import write_report
+
+    scored = [{"where": e.where, "prompt": _text(e.prompt), "responses": [_text(r) for r in responses],
+               "rewards": rewards[i, valid[i]].tolist()} for i, (e, responses) in enumerate(zip(examples, lists))]
+    table = {"title": f"reward model on {len(examples)} held-out records: {verdict}", "columns": ["figure", "value"],
+             "rows": [[k, v] for k, v in figures.items()]}
+    write_report(run_dir, {k: v for k, v in summary.items() if k not in figures}, scored, eval_tables=[table])
     print_table(f"alignkit eval: reward model on {len(examples)} records", summary, skip=("stored_stats",))
     return summary
 
 
+
+
+def _text(conversation) -> str:
+    """A prompt or response (messages) as its last message's text, for the report's table."""
+    return conversation[-1].content if isinstance(conversation, tuple | list) and conversation else str(conversation)

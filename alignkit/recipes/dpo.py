@@ -127,22 +127,6 @@ def evaluate(cfg: DPOConfig, model, rows: list[PairRow], cache, reference, pad_i
     return {metric_name(k, "eval"): v / len(rows) for k, v in sums.items()}
 
 
-def diagnose(log) -> list[str]:
-    """The failure modes our seed texts warn about, stated with the usual remedy."""
-    warnings = []
-    accuracy = log.last("accuracy/eval") or log.last("accuracy/train")
-    if accuracy is not None and accuracy < 0.6:
-        warnings.append(f"preference accuracy is {accuracy:.2f}, near chance (0.5): the policy is not separating "
-                        "chosen from rejected. Raise the learning rate, lower beta, or check the labels.")
-    first = next((r["logps/chosen"] for r in log.rows if "logps/chosen" in r), None)
-    last = log.last("logps/chosen")
-    if first is not None and last is not None and last < first - 0.5:
-        warnings.append(f"chosen log-probs fell from {first:.2f} to {last:.2f} nats/token: both responses are being "
-                        "pushed down (likelihood collapse). Add dpo.nll_weight (e.g. 0.2-1.0), raise beta or lower "
-                        "the learning rate.")
-    return warnings
-
-
 def train(cfg: DPOConfig, resume: str | bool | None = None) -> dict:
     """Run DPO (or a variant) as configured; returns the summary (also written to the run folder)."""
     run = start_run(cfg, "dpo", resume)
@@ -228,15 +212,12 @@ def train(cfg: DPOConfig, resume: str | bool | None = None) -> dict:
     run.log.log(steps, final_eval)
     sample_rows(run, model, tokenizer, *sample_prompts, steps, cfg.run)
     save_final(run, model, tokenizer, cfg.run)
-    warnings = diagnose(run.log)
-    for warning in warnings:
-        run.print(f"[yellow]warning:[/yellow] {warning}")
     summary = {
         "steps": steps, "loss": cfg.dpo.loss, "beta": cfg.dpo.beta, "nll_weight": cfg.dpo.nll_weight_value,
         "final": {"loss/train": run.log.last("loss/train"), **final_eval},
         "pairs_per_s": pairs_seen / max(time.time() - clock, 1e-9),
         "data": {"train": train_report.__dict__, "eval": eval_report.__dict__},
-        "parameters": {"trainable": trainable, "total": total}, "warnings": warnings,
+        "parameters": {"trainable": trainable, "total": total},
     }
     headline = [("steps", steps), ("loss", f"{cfg.dpo.loss} (beta {cfg.dpo.beta})"),
                 ("eval accuracy", final_eval.get("accuracy/eval", math.nan)),
