@@ -229,8 +229,8 @@ def test_after_each_log_the_metrics_the_doctor_and_the_live_report_are_written(t
     from types import SimpleNamespace
 
     from alignkit.doctor import Doctor, RunFacts
-    from alignkit.runtime import after_log
     from alignkit.tracking import RunLog
+    from alignkit.watch import after_log
 
     said: list[str] = []
     log = RunLog(tmp_path)

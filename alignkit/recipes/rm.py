@@ -37,7 +37,6 @@ from ..models import (
 )
 from ..ops import gather_last, segment_last
 from ..runtime import (
-    REWARD_VERDICT,
     finish_run,
     micro_step,
     prepare_training,
@@ -46,6 +45,7 @@ from ..runtime import (
     step_holds,
     step_indices,
 )
+from ..watch import REWARD_VERDICT
 
 READY_ACCURACY = 0.7  # the field's rule of thumb (our seed texts): below this an RM is not ready for PPO
 

@@ -1,0 +1,17 @@
+"""YAML -> typed, frozen, validated config objects.
+
+Every recipe has one config class built from shared sections (``model``, ``data``, ``train``, ``run``). Each field
+carries a one-line description (it is what ``alignkit <recipe> --help`` prints) and a default that works on the
+demo. Errors name the file, the line when it can be found, the dotted key, the value and what was expected; an
+unknown key suggests the closest valid one.
+
+The package: ``base`` (the shared sections, RecipeConfig, refusals), ``loading`` (files, overrides, errors, the
+path walk), ``preference`` (DPO, KTO, RM), ``rl`` (PPO, GRPO, reward sources, sampling), ``evaluation`` (eval,
+generate). Everything is importable from ``alignkit.config``.
+"""
+
+from .base import *  # noqa: F401,F403
+from .evaluation import *  # noqa: F401,F403
+from .loading import *  # noqa: F401,F403
+from .preference import *  # noqa: F401,F403
+from .rl import *  # noqa: F401,F403
