@@ -1,5 +1,5 @@
 """One policy evaluator: answers to held-out prompts from an engine, scored by reward sources. The RL recipes'
-periodic eval, the demo's scoreboard and the tests all read their figures from here.
+periodic eval, ``alignkit eval`` (several policies side by side) and the tests all read their figures from here.
 """
 
 from __future__ import annotations
