@@ -56,13 +56,12 @@ def run_generate(cfg, resume=None) -> dict:
     """``alignkit generate CONFIG.yaml``: sample, score and write ``generated.jsonl`` (see the module docstring),
     with summary.json and the resolved config.yaml, in the run folder; prints a summary table and the file."""
     from .checkpoint import atomic_write_json, atomic_write_text
-    from .config import ConfigError, dump_config
-    from .data.loading import load_examples
-    from .data.prepare import resolve_data_source
+    from .config import ConfigError
+    from .data.prepare import load_prompts
     from .models import load_causal_lm, load_tokenizer, resolve_device
     from .rewards import RewardSet
     from .rollout.core import tokenize_prompts
-    from .runtime import quiet_libraries, resolve_run_dir
+    from .runtime import open_run_dir, quiet_libraries
 
     if resume:
         raise ConfigError("alignkit generate writes its file in one go and keeps no checkpoints: there is nothing to "
@@ -74,13 +73,9 @@ def run_generate(cfg, resume=None) -> dict:
         torch.set_num_threads(cfg.run.threads)
     g = cfg.generate
     engine_kind = choose_engine(g.engine)  # an engine this machine cannot run is refused before anything loads
-    run_dir = resolve_run_dir(cfg.run, "generate", None)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(run_dir / "config.yaml", dump_config(cfg))
+    run_dir = open_run_dir(cfg, "generate")
     device = resolve_device(cfg.model.device)
-    examples = load_examples(resolve_data_source(cfg.data.train), "prompt", cfg.data.format, split=cfg.data.split,
-                             subset=cfg.data.subset)
-    examples = examples[: g.max_prompts] if g.max_prompts else examples
+    examples = load_prompts(cfg.data, g.max_prompts)
     tokenizer = load_tokenizer(cfg.model, announce=print)
     kept, prompt_ids, report = tokenize_prompts(examples, tokenizer, cfg.data, cfg.data.train)
     print(report.describe(cfg.data.train))

@@ -121,6 +121,14 @@ def resolve_run_dir(run: RunConfig, recipe: str, resume: str | bool | None) -> P
     return path
 
 
+def open_run_dir(cfg: Section, recipe: str) -> Path:
+    """The folder of a run that trains nothing (eval, generate): created, with its resolved config written."""
+    run_dir = resolve_run_dir(cfg.run, recipe, None)  # type: ignore[attr-defined]
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(run_dir / "config.yaml", dump_config(cfg))
+    return run_dir
+
+
 def start_run(cfg: Section, recipe: str, resume: str | bool | None = None) -> Run:
     """Create (or reopen) the run folder, seed, build the accelerator, write the resolved config."""
     from accelerate import Accelerator

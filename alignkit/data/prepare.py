@@ -35,6 +35,14 @@ def _load(source: str, kind: str, data: DataConfig) -> list:
     return examples
 
 
+def load_prompts(data: DataConfig, limit: int = 0) -> list:
+    """The prompt records of ``data.train`` (the first ``limit`` of them; 0 = all), for runs that answer prompts
+    without training (eval, generate): nothing is held out, repeats are answered again."""
+    examples = load_examples(resolve_data_source(data.train), "prompt", data.format, split=data.split,
+                             subset=data.subset)
+    return examples[:limit] if limit else examples
+
+
 def load_split(data: DataConfig, kind: str, seed: int) -> tuple[list, list]:
     """Examples of ``kind`` for train and eval: a separate eval source, or a seeded fraction of train."""
     train = _load(data.train, kind, data)

@@ -28,22 +28,16 @@ def eval_policy(cfg) -> dict:
     ``models`` and compare them; writes summary.json, samples.jsonl (every answer with its scores), the sheet,
     report.html; prints the comparison table."""
     from ..checkpoint import atomic_write_json, atomic_write_text
-    from ..config import dump_config
-    from ..data.loading import load_examples
-    from ..data.prepare import resolve_data_source
+    from ..data.prepare import load_prompts
     from ..models import load_causal_lm, load_tokenizer, resolve_device
     from ..report import write_report
     from ..rewards import RewardSet
-    from ..runtime import resolve_run_dir
+    from ..runtime import open_run_dir
 
     e = cfg.eval
-    run_dir = resolve_run_dir(cfg.run, "eval", None)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(run_dir / "config.yaml", dump_config(cfg))
+    run_dir = open_run_dir(cfg, "eval")
     device = resolve_device(cfg.model.device)
-    examples = load_examples(resolve_data_source(cfg.data.train), "prompt", cfg.data.format, split=cfg.data.split,
-                             subset=cfg.data.subset)
-    examples = examples[: e.max_prompts] if e.max_prompts else examples
+    examples = load_prompts(cfg.data, e.max_prompts)
     rewards = RewardSet(cfg.rewards, device, cfg.data.max_length + e.max_new_tokens)
     reference = None
     if e.reference is not None:

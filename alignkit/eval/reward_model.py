@@ -64,15 +64,12 @@ def eval_reward_model(cfg) -> dict:
     import torch
 
     from ..checkpoint import atomic_write_text
-    from ..config import dump_config
     from ..data.loading import load_examples
     from ..data.prepare import preference_kind, resolve_data_source
     from ..rewards import RewardModelScorer
-    from ..runtime import resolve_run_dir
+    from ..runtime import open_run_dir
 
-    run_dir = resolve_run_dir(cfg.run, "eval", None)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(run_dir / "config.yaml", dump_config(cfg))
+    run_dir = open_run_dir(cfg, "eval")
     kind = preference_kind(cfg.data)
     examples = load_examples(resolve_data_source(cfg.data.train), kind, cfg.data.format, split=cfg.data.split,
                              subset=cfg.data.subset)
