@@ -41,6 +41,8 @@ class Run:
     doctor: Doctor | None = None  # health rules over the logged rows (main process)
     live_every_s: float = 30.0  # refresh the live report.html / training_curves.png at most this often (the first
     _live_at: float = field(default_factory=time.time)  # 30 s in: a short run only draws its final report)
+    flush_every_s: float = 2.0  # rewrite the metrics files after a logged row at most this often (each rewrite is the
+    _flushed_at: float = 0.0  # whole file: every row of a long run would cost quadratic I/O); always at checkpoints
 
     @property
     def is_main(self) -> bool:

@@ -37,11 +37,14 @@ def reward_verdict(path: str) -> str:
 
 def after_log(run, rows: list[dict[str, Any]]) -> None:
     """After every logged row (main process): the doctor's new findings, said once; the metrics files rewritten
-    (a running job can be watched); the live report refreshed at most every ``live_every_s`` seconds."""
+    (a running job can be watched) at most every ``flush_every_s`` seconds; the live report refreshed at most every
+    ``live_every_s`` seconds. Checkpoints and the end of the run rewrite the files whatever the clock says."""
     for finding in run.doctor.check(rows) if run.doctor is not None else []:
         run.print(f"doctor [{finding.severity}] {finding.rule} (step {finding.step}): {finding.message} "
                   f"Advice: {finding.advice}")
-    run.log.flush()
+    if time.time() - run._flushed_at >= run.flush_every_s:
+        run._flushed_at = time.time()
+        run.log.flush()
     if time.time() - run._live_at >= run.live_every_s:
         run._live_at = time.time()
         plot_curves(rows, run.dir / CURVES, title=f"{run.recipe}: {run.dir.name} (live)")

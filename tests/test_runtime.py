@@ -3,6 +3,7 @@ seeded sampling, the built-in template's announcement and a final/ that agrees w
 the run's autocast."""
 
 import json
+import time
 
 import pytest
 import torch
@@ -235,7 +236,7 @@ def test_after_each_log_the_metrics_the_doctor_and_the_live_report_are_written(t
     said: list[str] = []
     log = RunLog(tmp_path)
     run = SimpleNamespace(dir=tmp_path, recipe="sft", log=log, live_every_s=30.0, _live_at=0.0, print=said.append,
-                          doctor=Doctor(RunFacts("sft", 10), tmp_path / "health.json"))
+                          flush_every_s=0.0, _flushed_at=0.0, doctor=Doctor(RunFacts("sft", 10), tmp_path / "health.json"))
     log.watchers.append(lambda rows: after_log(run, rows))
     log.log(1, {"loss/train": 2.0})
     assert [json.loads(x)["loss/train"] for x in (tmp_path / "training_metrics.jsonl").read_text().splitlines()] == [2.0]
@@ -247,4 +248,7 @@ def test_after_each_log_the_metrics_the_doctor_and_the_live_report_are_written(t
     assert len((tmp_path / "training_metrics.csv").read_text().splitlines()) == 4  # header + 3 rows, before any end
     assert not (tmp_path / "report.html").exists()  # redrawn at most every 30 s
     assert [s.split()[1] for s in said] == ["[error]"] and "nonfinite (step 2)" in said[0]  # said once
+    run.flush_every_s, run._flushed_at = 60.0, time.time()  # a fast run: rows within the minute wait for the next
+    log.log(4, {"loss/train": 1.0})  # rewrite (a checkpoint's, the end's, or one a minute later)
+    assert len((tmp_path / "training_metrics.csv").read_text().splitlines()) == 4
     assert json.loads((tmp_path / "health.json").read_text())["findings"][0]["rule"] == "nonfinite"
