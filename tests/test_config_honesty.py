@@ -8,6 +8,7 @@ GRPO's KL term...). A field read in none of them fails the test.
 """
 
 import pytest
+from field_reads import recording_reads
 from multiproc import small_data
 
 from alignkit.cli import RECIPES
@@ -77,46 +78,35 @@ def leaf_fields(cfg: Section) -> set[tuple[str, str]]:
     return out
 
 
-def run_recording(cfg: Section, recipe: str, monkeypatch) -> set[tuple[str, str]]:
+def run_recording(cfg: Section, recipe: str) -> set[tuple[str, str]]:
     """Run ``recipe`` on ``cfg``; the (section class, field) pairs it read."""
-    reads: set[tuple[str, str]] = set()
-    original = Section.__getattribute__
-
-    def recording(self, name):
-        if name in type(self).model_fields:
-            reads.add((type(self).__name__, name))
-        return original(self, name)
-
-    monkeypatch.setattr(Section, "__getattribute__", recording)
-    try:
+    with recording_reads() as reads:
         RECIPES[recipe].train(cfg, None)
-    finally:
-        monkeypatch.setattr(Section, "__getattribute__", original)
     return reads
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("recipe", list(VARIANTS))
-def test_every_field_is_read_or_refused(recipe, tmp_path, monkeypatch, demo_sft, demo_rm):
+def test_every_field_is_read_or_refused(recipe, tmp_path, demo_sft, demo_rm):
     fields, reads = set(), set()
     for i, variant in enumerate([{}, *VARIANTS[recipe]]):
         cfg = config(recipe, tmp_path / f"v{i}", variant)
         fields |= leaf_fields(cfg)
-        reads |= run_recording(cfg, recipe, monkeypatch)
+        reads |= run_recording(cfg, recipe)
     spec = RECIPES[recipe].config
     refused = {(type(getattr(cfg, key.split(".")[0])).__name__, key.split(".")[1]) for key in spec.REFUSED}
     unread = sorted(fields - reads - refused - VLLM_ONLY)
     assert not unread, f"{recipe}: fields nothing reads (read them, or add them to REFUSED with the reason): {unread}"
 
 
-def test_eval_config_fields_are_read_or_refused(tmp_path, monkeypatch, demo_rm):
+def test_eval_config_fields_are_read_or_refused(tmp_path, demo_rm):
     import json
 
     from alignkit.config import EvalConfig
     from alignkit.pipeline import resolve
 
     cfg = resolve(load_config(EvalConfig, None, [f"run.output_dir={tmp_path / 'eval'}", "run.threads=1"]))
-    reads = run_recording(cfg, "eval", monkeypatch)
+    reads = run_recording(cfg, "eval")
     (tmp_path / "key.json").write_text(json.dumps({"item-0001": {"a": "tuned", "b": "base"}}))
     (tmp_path / "rated.csv").write_text("item,prompt,response_a,response_b,helpfulness,harmlessness,honesty,rater,comment\n"
                                         "item-0001,p,x,y,a,tie,b,ann,\n")
@@ -129,7 +119,7 @@ def test_eval_config_fields_are_read_or_refused(tmp_path, monkeypatch, demo_rm):
         f"eval.ratings=[{tmp_path / 'rated.csv'}]", f"eval.ratings_key={tmp_path / 'key.json'}",
         'rewards=[{builtin: demo_gold}, {reward_model: "demo:rm", normalize: false, '
         'name: rm}, {judge: "demo:sft", args: {max_new_tokens: 2}, dtype: float32}]'])
-    reads |= run_recording(resolve(policy), "eval", monkeypatch)
+    reads |= run_recording(resolve(policy), "eval")
     refused = {(type(getattr(cfg, key.split(".")[0])).__name__, key.split(".")[1]) for key in EvalConfig.REFUSED}
     assert not sorted((leaf_fields(cfg) | leaf_fields(policy)) - reads - refused)
 

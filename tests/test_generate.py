@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from field_reads import recording_reads
 
 from alignkit.cli import build_parser, main
-from alignkit.config import ConfigError, GenerateConfig, Section, describe_fields, load_config
+from alignkit.config import ConfigError, GenerateConfig, describe_fields, load_config
 from alignkit.data.loading import load_examples
 from alignkit.demo.world import gold_reward
 from alignkit.generate import Response, pair_records, ranked_records
@@ -42,20 +43,9 @@ def raw(tmp_path_factory, demo_sft):
 @pytest.fixture(scope="module")
 def pairs(tmp_path_factory, demo_sft):
     """The pairs run, recording every config field it reads (the honesty test below checks them)."""
-    reads: set[tuple[str, str]] = set()
-    original = Section.__getattribute__
-
-    def recording(self, name):
-        if name in type(self).model_fields:
-            reads.add((type(self).__name__, name))
-        return original(self, name)
-
-    Section.__getattribute__ = recording
-    try:
+    with recording_reads() as reads:
         out = tmp_path_factory.mktemp("pairs")
         records, summary = generate(out, "generate.output=pairs")
-    finally:
-        Section.__getattribute__ = original
     return records, summary, out / "generated.jsonl", reads
 
 
