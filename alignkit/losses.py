@@ -351,6 +351,33 @@ def reward_centering(rewards: Tensor, valid: Tensor | None = None) -> Tensor:
     return (total / valid.sum(-1).clamp(min=1)) ** 2
 
 
+# --------------------------------------------------------------------------------------------------- RRHF
+def rrhf_loss(logps: Tensor, lengths: Tensor, scores: Tensor, valid: Tensor | None = None) -> tuple[Tensor, Stats]:
+    """RRHF's ranking loss (Yuan et al. 2023, eq. 2), one prompt's K responses per row.
+
+    logps: (B, K) log pi(y_k | x) SUMMED over each response's tokens; lengths: (B, K) response token counts;
+    scores: (B, K) the responses' rewards, higher is better (a ranked list best first can pass K-1 .. 0);
+    valid: (B, K) bool, True on real responses (lists shorter than K are padded), or None for all valid.
+    p_k = logps_k / lengths_k, the paper's length-normalised conditional log-prob.
+    loss (B,) = sum over the row's valid pairs (i, j) with scores_i < scores_j of max(0, p_i - p_j): a SUM over
+    pairs as in the paper, not a mean. Tied scores make no pair; a row without a pair gives 0. RRHF's SFT term on
+    the best response (eq. 3) is NOT inside: the recipe adds ``nll_term`` on it with its weight.
+    Stats (B,): accuracy, the fraction of the row's pairs whose p is ordered like their scores (a tie in p 0.5,
+    0 for a row without a pair), and pairs, their count (weigh the rows' accuracies by it).
+    """
+    p = logps / lengths.clamp(min=1)
+    pairs = scores[:, :, None] < scores[:, None, :]  # [b, i, j]: j is scored above i
+    if valid is not None:
+        valid = valid.bool()
+        pairs = pairs & valid[:, :, None] & valid[:, None, :]
+        p = torch.where(valid, p, torch.zeros_like(p))  # padding's garbage reaches neither the loss nor its gradient
+    hinge = torch.relu(p[:, :, None] - p[:, None, :])  # [b, i, j]: how far the worse i sits above the better j
+    loss = torch.where(pairs, hinge, torch.zeros_like(hinge)).sum((1, 2))
+    count = pairs.sum((1, 2))
+    correct = torch.where(pairs, _ordered(p[:, None, :], p[:, :, None]), 0.0).sum((1, 2))
+    return loss, {"accuracy": (correct / count.clamp(min=1)).detach(), "pairs": count.float()}
+
+
 # ------------------------------------------------------------------------------------ policy-gradient losses
 # Shapes: logps, old_logps: (B, T) log-probs of the sampled response tokens under the current policy and the
 # policy that sampled them; advantages (B, T) (per-sequence advantages broadcast over tokens); mask (B, T).

@@ -12,7 +12,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 from .checkpoint import atomic_dir
-from .config import ModelConfig
+from .config import ConfigError, ModelConfig
 from .data.templates import BUILTIN_TEMPLATE, ensure_chat_template
 
 REWARD_STATS = "reward_stats.json"
@@ -279,6 +279,35 @@ class Reference:
 
         with self.active() as model:
             return response_logps(model, batch, temperature)[0]
+
+    @torch.no_grad()
+    def follow(self, policy, alpha: float) -> None:
+        """Move the reference toward the policy: ref <- alpha * policy + (1 - alpha) * ref (alpha = 1 copies it).
+        Trust-region DPO's soft (alpha < 1) and hard (alpha = 1) updates, and iterative DPO's refresh."""
+        self.check_follows(policy)
+        for target, value in zip(self.model.parameters(), getattr(policy, "module", policy).parameters()):
+            target.lerp_(value.detach().to(target.dtype), alpha)
+
+    def check_follows(self, policy) -> None:
+        """Refuse, before training, a reference that cannot follow ``policy`` (see ``follow``)."""
+        source = getattr(policy, "module", policy)
+        if self.model is None or is_adapter_model(source):
+            raise ConfigError("a moving reference (dpo.reference_update, online.iterations) needs a full policy and "
+                              "a separate reference copy; with model.adapter = lora the reference is the base model "
+                              "with the adapter off, which cannot follow the policy")
+        targets, sources = list(self.model.parameters()), list(source.parameters())
+        if len(targets) != len(sources) or any(t.shape != s.shape for t, s in zip(targets, sources)):
+            raise ConfigError("the reference cannot follow the policy: their parameters differ in number or shape "
+                              "(a sharded policy under FSDP / ZeRO-3 is not supported here)")
+
+
+def move_reference(reference: Reference | None, policy, update: str, alpha: float, every: int, step: int) -> bool:
+    """Trust-region DPO's reference schedule after optimizer step ``step``: soft every step, hard every ``every``
+    steps, or none. Returns whether the reference moved."""
+    if reference is None or update == "none" or (update == "hard" and step % every):
+        return False
+    reference.follow(policy, alpha if update == "soft" else 1.0)
+    return True
 
 
 def load_reference(cfg: ModelConfig, reference_path: str | None, policy, tokenizer, device,

@@ -37,14 +37,18 @@ from typing import Any
 import yaml
 
 from .config import (
+    CAIConfig,
     ConfigError,
+    DistillConfig,
     DPOConfig,
     EvalConfig,
     GenerateConfig,
     GRPOConfig,
     KTOConfig,
+    OnlineDPOConfig,
     PPOConfig,
     RMConfig,
+    RRHFConfig,
     SFTConfig,
     deep_merge,
     dump_config,
@@ -87,6 +91,12 @@ def _run_generate(cfg, resume):
     return run_generate(cfg, resume)
 
 
+def _run_cai(cfg, resume):
+    from .cai import run_cai
+
+    return run_cai(cfg, resume)
+
+
 RECIPES: dict[str, Recipe] = {
     "sft": Recipe(SFTConfig, _lazy("sft"), "supervised fine-tuning on prompt/response or chat data"),
     "rm": Recipe(RMConfig, _lazy("rm"), "reward model (Bradley-Terry on pairs, all-pairs / Plackett-Luce on rankings)"),
@@ -97,9 +107,18 @@ RECIPES: dict[str, Recipe] = {
     "grpo": Recipe(GRPOConfig, _lazy("grpo"), "GRPO / GSPO / Dr.GRPO / RLOO / REINFORCE++ with pluggable rewards"),
     "dpo": Recipe(DPOConfig, _lazy("dpo"), "DPO and its family (cDPO, robust, IPO, hinge, SimPO, ORPO) on preference pairs"),
     "kto": Recipe(KTOConfig, _lazy("kto"), "KTO on unpaired desirable / undesirable examples"),
+    "online_dpo": Recipe(OnlineDPOConfig, _lazy("online_dpo"), "online / iterative DPO: pairs sampled from the current "
+                         "policy each step and ranked by a judge (reward model, function, LLM judge, or the policy "
+                         "itself: self-rewarding); trust-region reference updates"),
+    "distill": Recipe(DistillConfig, _lazy("distill"), "knowledge distillation from a frozen teacher: offline KD "
+                      "(forward KL at a temperature, + hard labels) or on-policy (reverse KL / GKD's JSD on the "
+                      "student's own samples)"),
+    "rrhf": Recipe(RRHFConfig, _lazy("rrhf"), "RRHF: rank K responses per prompt (ranked data, or samples scored by rewards) by length-normalised log-prob, + NLL on the best"),
     "generate": Recipe(GenerateConfig, _run_generate,
                        "on-policy preference data: sample K responses per prompt, score them with reward sources, write "
                        "them raw, as judged pairs (dpo / rm data) or as ranked lists (rm data)", output="generated.jsonl"),
+    "cai": Recipe(CAIConfig, _run_cai, "Constitutional AI data: answers critiqued and revised against a constitution "
+                  "(sft data), or pairs of answers judged under its principles (dpo / rm data)", output="cai.jsonl"),
 }
 
 

@@ -155,12 +155,14 @@ class LLMJudge:
     """RLAIF: a local causal LM asked ``template`` (with {prompt} and {response}); the first number in its greedy
     answer, divided by ``scale``, is the reward; ``default`` where it gives none."""
 
-    def __init__(self, cfg: ModelConfig, device: torch.device | None = None, template: str = DEFAULT_JUDGE_TEMPLATE,
-                 scale: float = 10.0, default: float = 0.0, max_new_tokens: int = 8) -> None:
+    def __init__(self, cfg: ModelConfig | None, device: torch.device | None = None, template: str = DEFAULT_JUDGE_TEMPLATE,
+                 scale: float = 10.0, default: float = 0.0, max_new_tokens: int = 8, model=None, tokenizer=None) -> None:
         from .models import load_causal_lm
 
-        self.tokenizer = load_tokenizer(cfg)
-        self.model = load_causal_lm(cfg, self.tokenizer, device, trainable=False).eval()
+        if model is None:  # a judge of its own; else (self-rewarding) the live policy judges its own answers
+            tokenizer = load_tokenizer(cfg)
+            model = load_causal_lm(cfg, tokenizer, device, trainable=False).eval()
+        self.model, self.tokenizer = model, tokenizer
         self.template, self.scale, self.default, self.max_new_tokens = template, scale, default, max_new_tokens
 
     def __call__(self, prompts, completions, **_) -> list[float]:
@@ -168,8 +170,14 @@ class LLMJudge:
         from .sampling import SamplingParams, generate
 
         asks = [(Message("user", self.template.format(prompt=p, response=c)),) for p, c in zip(prompts, completions)]
-        answers = generate(self.model, self.tokenizer, [tokenize_prompt(self.tokenizer, a) for a in asks],
-                           SamplingParams(max_new_tokens=self.max_new_tokens, temperature=0.0))
+        model = getattr(self.model, "module", self.model)  # the policy under a DDP wrapper
+        was_training = model.training
+        model.eval()
+        try:
+            answers = generate(model, self.tokenizer, [tokenize_prompt(self.tokenizer, a) for a in asks],
+                               SamplingParams(max_new_tokens=self.max_new_tokens, temperature=0.0))
+        finally:
+            model.train(was_training)
         return [self.parse(a.text) for a in answers]
 
     def parse(self, text: str) -> float:
@@ -192,14 +200,18 @@ def source_model(source: RewardSource) -> ModelConfig:
                        dtype=source.dtype, trust_remote_code=source.trust_remote_code)
 
 
+SELF_JUDGE = "self"  # judge: self, the policy asked to judge its own answers (self-rewarding, Yuan et al. 2024)
+
+
 class RewardSet:
     """Weighted sum of reward sources; ``__call__`` returns (total (N,), {label: raw scores (N,)}).
 
-    Python functions and built-ins are imported only here, for the sources the config names.
+    Python functions and built-ins are imported only here, for the sources the config names. ``policy``: the
+    trained (model, tokenizer), for ``judge: self`` sources; a recipe that trains no policy passes none.
     """
 
     def __init__(self, sources: Sequence[RewardSource], device: torch.device | None = None, max_length: int = 1024,
-                 autocast=contextlib.nullcontext) -> None:
+                 autocast=contextlib.nullcontext, policy: tuple[Any, Any] | None = None) -> None:
         if not sources:
             raise RewardError("no reward sources configured: add at least one entry under rewards:")
         self.entries: list[tuple[RewardSource, Any]] = []
@@ -216,6 +228,12 @@ class RewardSet:
                                   "unresolved; pass the config through alignkit.pipeline.resolve(cfg) first")
             elif source.reward_model:
                 scorer = RewardModelScorer(source_model(source), device, max_length, autocast)
+            elif source.judge == SELF_JUDGE:
+                if policy is None:
+                    raise RewardError(f"reward source {source.label}: judge: self asks the trained policy to judge its "
+                                      "own answers; only the recipes that train a policy from rewards (online_dpo, "
+                                      "grpo, ppo) have one")
+                scorer = LLMJudge(None, model=policy[0], tokenizer=policy[1], **source.args)
             else:
                 scorer = LLMJudge(source_model(source), device, **source.args)
             self.entries.append((source, scorer))

@@ -24,7 +24,8 @@ PACKED = {"packing": True, "pack_length": 300, "cache_tokenized": False}
 VARIANTS = {
     "sft": [{"data": PACKED}, LORA, {**EPOCHS, **SPLIT}],
     "rm": [{**LORA, "data": PACKED}, {**EPOCHS, **SPLIT}],
-    "dpo": [{"dpo": {"reference": "on_the_fly"}, "data": PACKED}, LORA, {**EPOCHS, **SPLIT}],
+    "dpo": [{"dpo": {"reference": "on_the_fly", "reference_update": "soft", "reference_alpha": 0.5}, "data": PACKED},
+            LORA, {**EPOCHS, **SPLIT, "dpo": {"reference": "on_the_fly", "reference_update": "hard", "reference_every": 1}}],
     "kto": [{"kto": {"reference": "on_the_fly"}, "data": PACKED}, LORA, {**EPOCHS, **SPLIT}],
     "grpo": [{"grpo": {"beta": 0.1, "dynamic_sampling": True, "mask_truncated": True, "entropy_coef": 0.01,
                        "ratio": "sapo"}, "sampling": {"correction": "tis", "correction_level": "sequence",
@@ -36,6 +37,24 @@ VARIANTS = {
             {**SPLIT, "ppo": {"kl_in_loss": True, "kl_estimator": "k3"},
              "rewards": [{"builtin": "demo_gold"}, JUDGE]},
             {**LORA, **EPOCHS}],
+    "distill": [{"distill": {"loss": "jsd", "jsd_beta": 0.4, "on_policy_fraction": 0.5, "hard_weight": 0.1,
+                             "temperature": 2.0},
+                 "sampling": {"temperature": 0.9, "top_p": 0.95, "top_k": 5, "eval_temperature": 0.7, "eval_samples": 2}},
+                {"distill": {"loss": "forward_kl", "on_policy_fraction": 0.0, "teacher_topk": 8},
+                 "sampling": {"max_new_tokens": 64}, **SPLIT},
+                {**LORA, **EPOCHS}],
+    "online_dpo": [{"dpo": {"loss": "simpo", "simpo_gamma": 0.3, "nll_weight": 0.1, "label_smoothing": 0.1},
+                    "online": {"micro_batch_size": 2}, **LORA, **EPOCHS,
+                    "sampling": {"temperature": 0.9, "top_p": 0.9, "top_k": 5, "eval_temperature": 0.7, "eval_samples": 2}},
+                   {"dpo": {"reference_model": "demo:sft"}, "online": {"iterations": 2}, **SPLIT,
+                    "rewards": [{"judge": "self", "args": {"max_new_tokens": 2}}]},
+                   {"dpo": {"reference_update": "hard", "reference_every": 1}},
+                   {"dpo": {"reference_update": "soft", "reference_alpha": 0.5}, "online": {"samples_per_prompt": 3}}],
+    "rrhf": [{**LORA, "data": PACKED, "rrhf": {"sft_weight": 0.5}},
+             {**EPOCHS, **SPLIT, "rrhf": {"source": "online", "samples_per_prompt": 2},
+              "sampling": {"temperature": 0.9, "top_p": 0.9, "top_k": 5, "eval_temperature": 0.7, "eval_samples": 2},
+              "rewards": [JUDGE, {"reward_model": "demo:rm", "normalize": False, "name": "rm"}],
+              "eval_rewards": [{"builtin": "demo_gold"}]}],
 }
 # read only by the vllm engine, which needs vLLM and CUDA: tests/test_engines.py runs it where both are present
 VLLM_ONLY = {("SamplingSection", k) for k in ("vllm_gpu_memory_utilization", "vllm_tensor_parallel_size", "vllm_sleep",
@@ -57,12 +76,22 @@ def merged(*parts: dict) -> dict:
 def config(recipe: str, tmp_path, variant: dict):
     from alignkit.demo.run import stage_config
 
-    data = {"data": small_data(recipe, tmp_path / "data", n_train=16, n_eval=4)}
+    online_rrhf = recipe == "rrhf" and variant.get("rrhf", {}).get("source") == "online"  # prompts, not ranked lists
+    data = {"data": small_data("grpo" if online_rrhf else recipe, tmp_path / "data", n_train=16, n_eval=4)}
     extra = [RL_QUICK, {"grpo": {"group_size": 2, "micro_batch_size": 4}}] if recipe == "grpo" else \
-            [RL_QUICK, {"ppo": {"mini_batch_size": 2, "micro_batch_size": 2, "ppo_epochs": 1}}] if recipe == "ppo" else []
+            [RL_QUICK, {"ppo": {"mini_batch_size": 2, "micro_batch_size": 2, "ppo_epochs": 1}}] if recipe == "ppo" else \
+            [RL_QUICK, {"online": {"samples_per_prompt": 2}}] if recipe == "online_dpo" else \
+            [RL_QUICK] if online_rrhf else \
+            [{"distill": {"teacher": "demo:sft"}}] if recipe == "distill" else []  # the demo teacher takes a minute
     quick = QUICK if recipe != "rm" else {**QUICK, "run": {k: v for k, v in QUICK["run"].items()
                                                            if k not in ("sample_every", "num_samples")}}
     sections = merged(data, quick, *extra, variant)
+    if recipe == "rrhf":  # no demo stage of its own: the recipe's defaults (the demo SFT model) under these sections
+        from alignkit.config import validate
+        from alignkit.demo.assets import demo_resolved
+
+        run = {"model": {"device": "cpu"}, "run": {"output_dir": str(tmp_path / "run")}}
+        return demo_resolved(validate(RECIPES[recipe].config, merged(run, sections)))
     return stage_config(recipe, tmp_path / "run", fast=True, **sections)
 
 
@@ -203,7 +232,7 @@ def test_the_shared_sections_are_declared_once():
     from alignkit.config import RecipeConfig
 
     for name, recipe in RECIPES.items():
-        if name in ("eval", "generate"):  # they train nothing: no train section
+        if name in ("eval", "generate", "cai"):  # they train nothing: no train section
             continue
         assert issubclass(recipe.config, RecipeConfig)
         own = set(recipe.config.model_fields) - set(RecipeConfig.model_fields)

@@ -12,8 +12,8 @@ from alignkit.config import load_config
 HAS_VLLM = importlib.util.find_spec("vllm") is not None and torch.cuda.is_available()
 EXAMPLES = sorted(p for p in Path(__file__).resolve().parent.parent.glob("examples/*.yaml") if "pipeline" not in p.stem)
 RECIPE_OF = {"sft": "sft", "rm": "rm", "eval": "eval", "dpo": "dpo", "simpo": "dpo", "orpo": "dpo", "kto": "kto",
-             "ppo": "ppo", "grpo": "grpo", "gspo": "grpo", "rloo": "grpo",
-             "generate": "generate"}
+             "ppo": "ppo", "grpo": "grpo", "gspo": "grpo", "rloo": "grpo", "rrhf": "rrhf",
+             "generate": "generate", "cai": "cai", "distill": "distill", "online": "online_dpo"}
 
 
 def recipe_for(path: Path) -> str:
@@ -31,9 +31,16 @@ def test_example_validates(path):
 
 SHORT = {"sft": ["train.max_steps=2"], "rm": ["train.max_steps=2"], "dpo": ["train.max_steps=2"],
          "kto": ["train.max_steps=2"], "ppo": ["train.max_steps=1", "train.batch_size=8", "ppo.ppo_epochs=1"],
+         "rrhf": ["train.max_steps=2", "train.batch_size=4", "data.eval_fraction=0.01"],
          "grpo": ["train.max_steps=1", "train.batch_size=2"], "eval": ["model.name_or_path=demo:rm"],
          "eval_policy": ["eval.max_prompts=6", "eval.samples=2", "eval.human_sheet=2", "eval.bootstrap=100"],
-         "generate": ["generate.max_prompts=4", "generate.max_new_tokens=8"]}
+         "generate": ["generate.max_prompts=4", "generate.max_new_tokens=8"],
+         "cai": ["cai.max_prompts=4", "cai.max_new_tokens=8"],
+         # the demo teacher trains on first use (a minute); the demo SFT model stands in for it here
+         "distill": ["train.max_steps=2", "train.batch_size=4", "sampling.max_new_tokens=8", "distill.teacher=demo:sft"],
+         "distill_offline": ["train.max_steps=2", "train.batch_size=4", "distill.teacher=demo:sft"],
+         "online_dpo": ["train.max_steps=1", "train.batch_size=2", "sampling.max_new_tokens=8"],
+         "online_dpo_self_rewarding": ["train.max_steps=3", "train.batch_size=2", "sampling.max_new_tokens=8"]}
 
 
 @pytest.mark.slow

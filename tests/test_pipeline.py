@@ -169,7 +169,7 @@ def test_the_demo_pipeline_matches_the_demo_settings(demo_base, tmp_path):
 
     pipe = load_pipeline(ROOT / "examples" / "demo_pipeline.yaml", out=tmp_path)
     stages = {s.name: s for s in pipe.stages}
-    for name in ("sft", "rm", "dpo", "kto", "ppo", "grpo"):
+    for name in ("sft", "teacher", "rm", "dpo", "kto", "ppo", "grpo"):
         raw = stages[name].raw
         for section, values in DEMO_STAGES[name].settings.items():
             if isinstance(values, dict):
@@ -179,3 +179,10 @@ def test_the_demo_pipeline_matches_the_demo_settings(demo_base, tmp_path):
     for stage in pipe.stages:
         if stage.name != "eval":
             stage_config(pipe, stage)  # every stage validates and resolves (references, demo names)
+
+
+@pytest.mark.parametrize("name", ["cai_pipeline.yaml"])
+def test_example_pipelines_validate_and_resolve(name, demo_base, tmp_path):
+    pipe = load_pipeline(ROOT / "examples" / name, out=tmp_path)
+    for stage in pipe.stages:
+        stage_config(pipe, stage)

@@ -6,12 +6,15 @@ demo. Errors name the file, the line when it can be found, the dotted key, the v
 unknown key suggests the closest valid one.
 
 The package: ``base`` (the shared sections, RecipeConfig, refusals), ``loading`` (files, overrides, errors, the
-path walk), ``preference`` (DPO, KTO, RM), ``rl`` (PPO, GRPO, reward sources, sampling), ``evaluation`` (eval,
-generate). Everything is importable from ``alignkit.config``.
+path walk), ``preference`` (DPO, KTO, RM), ``rl`` (PPO, GRPO, online DPO, reward sources, sampling), ``distill`` (knowledge distillation), ``evaluation`` (eval,
+generate), ``cai`` (Constitutional AI data). Everything is importable from ``alignkit.config``.
 """
 
 from .base import *  # noqa: F401,F403
+from .cai import *  # noqa: F401,F403
+from .distill import *  # noqa: F401,F403
 from .evaluation import *  # noqa: F401,F403
 from .loading import *  # noqa: F401,F403
 from .preference import *  # noqa: F401,F403
 from .rl import *  # noqa: F401,F403
+from .rrhf import *  # noqa: F401,F403

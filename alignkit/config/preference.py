@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from .base import DataConfig, RecipeConfig, Section
 
@@ -17,6 +17,9 @@ class DPOSection(Section):
     nll_weight: float | None = Field(None, ge=0, description="weight of an NLL term on the chosen response (RPO); None = 1 for orpo, 0 otherwise")
     reference: Literal["cached", "on_the_fly"] = Field("cached", description="reference log-probs computed once before training (cached with the run) or every step")
     reference_model: str | None = Field(None, description="reference model path; None = the starting policy (model.name_or_path; with LoRA, the base with the adapter off)", json_schema_extra={"resolve": "model"})
+    reference_update: Literal["none", "soft", "hard"] = Field("none", description="trust-region DPO (Gorbatovski et al. 2024): the reference follows the policy, soft = ref <- alpha * policy + (1 - alpha) * ref every step, hard = ref <- policy every reference_every steps; needs a separate reference copy (not LoRA's adapter-off base) and reference: on_the_fly")
+    reference_alpha: float = Field(0.6, gt=0, le=1, description="soft reference update: weight of the policy in the mix (TR-DPO alpha)")
+    reference_every: int = Field(64, ge=1, description="hard reference update: optimizer steps between copies of the policy into the reference (TR-DPO tau)")
 
     @property
     def nll_weight_value(self) -> float:
@@ -24,6 +27,12 @@ class DPOSection(Section):
         if self.nll_weight is not None:
             return self.nll_weight
         return 1.0 if self.loss == "orpo" else 0.0
+
+
+TRUST_REGION_INACTIVE = [
+    ("dpo.reference_alpha", lambda c: c.dpo.reference_update == "soft", "it weighs the soft update (dpo.reference_update = soft)"),
+    ("dpo.reference_every", lambda c: c.dpo.reference_update == "hard", "it spaces the hard update (dpo.reference_update = hard)"),
+]
 
 
 def _preference_data(train: str) -> DataConfig:
@@ -39,7 +48,15 @@ class DPOConfig(RecipeConfig):
     INACTIVE = [*RecipeConfig.INACTIVE,
                 ("dpo.simpo_gamma", lambda c: c.dpo.loss == "simpo", "it is SimPO's margin (dpo.loss = simpo)"),
                 *((f"dpo.{k}", lambda c: c.dpo.loss not in ("simpo", "orpo"), "SimPO and ORPO use no reference")
-                  for k in ("reference", "reference_model"))]
+                  for k in ("reference", "reference_model", "reference_update")),
+                *TRUST_REGION_INACTIVE]
+
+    @model_validator(mode="after")
+    def _trust_region(self) -> DPOConfig:
+        if self.dpo.reference_update != "none" and self.dpo.reference == "cached":
+            raise ValueError(f"dpo.reference_update = {self.dpo.reference_update} moves the reference, so its log-probs "
+                             "cannot be cached before training: set dpo.reference = on_the_fly")
+        return self
     dpo: DPOSection = Field(default_factory=DPOSection, description="the preference loss and its reference")
 
 

@@ -6,7 +6,8 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from .base import RecipeConfig, Section
+from .base import RecipeConfig, Section, deep_merge
+from .preference import TRUST_REGION_INACTIVE, DPOSection
 
 
 class RewardSource(Section):
@@ -16,7 +17,7 @@ class RewardSource(Section):
     fn: str | None = Field(None, description="Python reward function: module:function or path/to/file.py:function, called fn(prompts, completions, **fields) -> list[float]")
     builtin: Literal["regex", "length", "repetition", "demo_gold", "demo_format"] | None = Field(None, description="a built-in reward (args configure it)", json_schema_extra={"resolve": "builtin"})
     reward_model: str | None = Field(None, description="a reward model folder from alignkit rm (or demo:rm)", json_schema_extra={"resolve": "model"})
-    judge: str | None = Field(None, description="a causal LM used as a judge (RLAIF): it is asked args.template and its first number is the score", json_schema_extra={"resolve": "model"})
+    judge: str | None = Field(None, description="a causal LM used as a judge (RLAIF): it is asked args.template and its first number is the score; self = the trained policy judges its own answers (self-rewarding)", json_schema_extra={"resolve": "model"})
     normalize: bool = Field(True, description="reward models: normalise with the mean / std stored beside the model")
     weight: float = Field(1.0, description="multiplier of this source in the total reward")
     args: dict[str, Any] = Field(default_factory=dict, description="keyword arguments for fn, builtin and judge sources (a judge: template, scale, default, max_new_tokens)")
@@ -29,7 +30,7 @@ class RewardSource(Section):
         given = [k for k in ("fn", "builtin", "reward_model", "judge") if getattr(self, k)]
         if len(given) != 1:
             raise ValueError(f"a reward source needs exactly one of fn, builtin, reward_model, judge (got {given or 'none'})")
-        models = self.reward_model or self.judge
+        models = self.reward_model or (self.judge if self.judge != "self" else None)  # judge: self is the policy
         unused = {"args": bool(self.args) and bool(self.reward_model), "normalize": not self.normalize and not self.reward_model,
                   **{k: getattr(self, k) != d and not models for k, d in (("revision", None), ("dtype", "auto"),
                                                                           ("trust_remote_code", False))}}
@@ -51,7 +52,7 @@ class RewardSource(Section):
 
 class SamplingSection(Section):
     max_new_tokens: int = Field(64, ge=1, description="response token budget per rollout")
-    temperature: float = Field(1.0, gt=0, description="sampling temperature (log-probs are computed at the same temperature)")
+    temperature: float = Field(1.0, gt=0, description="sampling temperature (PPO and GRPO compute their log-probs at the same temperature; online DPO, RRHF and distillation score with the policy's own, temperature 1)")
     top_p: float = Field(1.0, gt=0, le=1, description="nucleus sampling mass")
     top_k: int = Field(0, ge=0, description="top-k filter; 0 = off")
     eval_temperature: float = Field(0.0, ge=0, description="periodic eval: 0 = greedy answers; > 0 samples them (greedy can hide progress and overstate it), with the same seeds at every eval")
@@ -223,3 +224,39 @@ class PPOConfig(RecipeConfig):
         """The critic starts from ppo.critic_model, else the first reward model, else the policy (new value head)."""
         models = [s.reward_model for s in self.rewards if s.reward_model]
         return self.ppo.critic_model or (models[0] if models else self.model.name_or_path)
+
+
+# ------------------------------------------------------------------------------------------------ online DPO
+class OnlineSection(Section):
+    samples_per_prompt: int = Field(2, ge=2, description="K responses sampled per prompt from the current policy each step; the judge's best and worst make the pair")
+    iterations: int = Field(1, ge=1, description="iterative DPO: the run's steps split into this many iterations, the reference reset to the current policy at the start of each (1 = it stays the starting policy)")
+    micro_batch_size: int = Field(16, ge=1, description="pairs per forward / backward on each process (memory knob; does not change the result)")
+
+
+class OnlineDPOConfig(RecipeConfig):
+    """Online / iterative DPO (OAIF, self-rewarding): pairs sampled from the current policy and ranked by a judge."""
+
+    DEFAULTS = deep_merge(_rl_defaults("online_dpo", batch_size=8), {"train": {"lr": 5e-7}})
+    REFUSED = {**RL_REFUSED, "dpo.reference": "online pairs are new every step: the reference scores them as they are sampled",
+               **{f"sampling.{k}": "DPO's implicit reward is the policy's own log-ratio: no importance weights between engines"
+                  for k in ("correction", "correction_level", "correction_cap")}}
+    INACTIVE = [*RecipeConfig.INACTIVE, *_SAMPLING_INACTIVE, *TRUST_REGION_INACTIVE,
+                ("dpo.simpo_gamma", lambda c: c.dpo.loss == "simpo", "it is SimPO's margin (dpo.loss = simpo)"),
+                *((f"dpo.{k}", lambda c: c.dpo.loss not in ("simpo", "orpo"), "SimPO and ORPO use no reference")
+                  for k in ("reference_model", "reference_update")),
+                ("online.iterations", lambda c: c.dpo.loss not in ("simpo", "orpo"), "SimPO and ORPO use no reference to refresh")]
+    sampling: SamplingSection = Field(default_factory=SamplingSection, description="sampling the candidate responses")
+    dpo: DPOSection = Field(default_factory=DPOSection, description="the preference loss trained on the judged pairs, and its reference")
+    online: OnlineSection = Field(default_factory=OnlineSection, description="what is sampled and judged each step")
+    rewards: list[RewardSource] = Field(default_factory=lambda: [RewardSource(reward_model="demo:rm")], description="the judge: reward sources whose weighted sum ranks the K responses (a reward model, a Python function, an LLM judge; judge: self = the policy itself, self-rewarding)")
+    eval_rewards: list[RewardSource] = Field(default_factory=list, description="extra sources scored at eval only, never optimised (e.g. a held-out judge: reward hacking shows as a gap)")
+
+    @model_validator(mode="after")
+    def _one_reference_schedule(self) -> OnlineDPOConfig:
+        if self.online.iterations > 1 and self.dpo.reference_update != "none":
+            raise ValueError("online.iterations > 1 resets the reference at each iteration and dpo.reference_update moves "
+                             "it every step or every reference_every steps: choose one schedule")
+        if self.train.max_steps and self.online.iterations > self.train.max_steps:
+            raise ValueError(f"online.iterations = {self.online.iterations} is more than train.max_steps = "
+                             f"{self.train.max_steps}: each iteration needs at least one step")
+        return self

@@ -16,9 +16,9 @@ from .world import WorldPaths, build_world
 VERSION = "v1"
 DATA_SETS = {  # demo:<name> as a data source -> WorldPaths attribute
     "sft": "sft", "prefs": "prefs", "prefs_eval": "prefs_eval", "ranked": "ranked", "kto": "kto",
-    "prompts": "prompts_train", "prompts_eval": "prompts_eval", "sft_eval": "sft_eval",
+    "prompts": "prompts_train", "prompts_eval": "prompts_eval", "sft_eval": "sft_eval", "teacher": "teacher",
 }
-MODELS = ("base", "sft", "rm")
+MODELS = ("base", "sft", "rm", "base_large", "teacher")
 REWARDS = {"demo_gold": "gold_reward", "demo_format": "format_reward"}  # builtin name -> function in demo.world
 
 
@@ -37,6 +37,8 @@ def demo_world() -> WorldPaths:
 
 
 def demo_data(name: str) -> Path:
+    if name == "constitution":  # shipped in the package, not built: alignkit cai's demo constitution
+        return Path(__file__).with_name("constitution.yaml")
     if name not in DATA_SETS:
         raise ValueError(f'unknown demo data set "demo:{name}"; known: {", ".join("demo:" + n for n in DATA_SETS)}')
     return getattr(demo_world(), DATA_SETS[name])
@@ -44,18 +46,19 @@ def demo_data(name: str) -> Path:
 
 def demo_model(name: str) -> Path:
     """demo:base = the untrained tiny model; demo:sft = it after the demo's SFT run; demo:rm = the demo's reward
-    model trained from demo:sft (each trained on first use)."""
+    model trained from demo:sft; demo:base_large = a bigger untrained model on the same tokenizer; demo:teacher =
+    it after SFT on the world's curated answers (each trained on first use)."""
     if name not in MODELS:
         raise ValueError(f'unknown demo model "demo:{name}"; known: {", ".join("demo:" + n for n in MODELS)}')
     path = demo_root() / f"{name}-model"
     if (path / "config.json").is_file():
         return path
-    if name == "base":
+    if name in ("base", "base_large"):
         from .tiny import build_base_model
 
         world = demo_world()
         with atomic_dir(path) as tmp:
-            build_base_model(tmp, world, seed=0)
+            build_base_model(tmp, world, seed=0, size="large" if name == "base_large" else "small")
         return path
     from .run import train_demo_stage
 

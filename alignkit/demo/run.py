@@ -14,7 +14,18 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from ..config import DPOConfig, GRPOConfig, KTOConfig, ModelConfig, PPOConfig, RMConfig, SFTConfig, validate
+from ..config import (
+    DistillConfig,
+    DPOConfig,
+    GRPOConfig,
+    KTOConfig,
+    ModelConfig,
+    OnlineDPOConfig,
+    PPOConfig,
+    RMConfig,
+    SFTConfig,
+    validate,
+)
 from ..data.loading import load_examples
 from ..sampling import SamplingParams
 
@@ -28,7 +39,7 @@ class Stage:
     @property
     def recipe(self) -> str:
         return {SFTConfig: "sft", RMConfig: "rm", DPOConfig: "dpo", KTOConfig: "kto", GRPOConfig: "grpo",
-                PPOConfig: "ppo"}[self.config]
+                PPOConfig: "ppo", DistillConfig: "distill", OnlineDPOConfig: "online_dpo"}[self.config]
 
     @property
     def train(self):
@@ -45,6 +56,13 @@ DEMO_STAGES: dict[str, Stage] = {
         "train": {"batch_size": 32, "max_steps": 1000, "lr": 3e-3, "warmup_ratio": 0.05, "weight_decay": 0.01},
         "run": {"log_every": 10, "eval_every": 250, "sample_every": 250, "num_samples": 4,
                 "sample_max_new_tokens": 32, "save_every": 250, "threads": 2},
+    }, fast_steps=150),
+    "teacher": Stage(SFTConfig, {  # a bigger model on the world's curated answers: what distillation learns from
+        "model": {"name_or_path": "demo:base_large", "device": "cpu"},
+        "data": {"train": "demo:teacher", "eval_fraction": 0.05, "max_length": 96},
+        "train": {"batch_size": 32, "max_steps": 250, "lr": 3e-3, "warmup_ratio": 0.05, "weight_decay": 0.01},
+        "run": {"log_every": 10, "eval_every": 125, "sample_every": 125, "num_samples": 4,
+                "sample_max_new_tokens": 32, "save_every": 125, "threads": 2},
     }, fast_steps=150),
     "rm": Stage(RMConfig, {
         "model": {"name_or_path": "demo:sft", "device": "cpu"},
@@ -81,6 +99,23 @@ DEMO_STAGES: dict[str, Stage] = {
         "eval_rewards": [{"builtin": "demo_gold"}],
         "run": {"log_every": 2, "eval_every": 10, "sample_every": 10, "save_every": 10, "threads": 2},
     }, fast_steps=30),
+    "distill": Stage(DistillConfig, {
+        "model": {"name_or_path": "demo:sft", "device": "cpu"},
+        "data": {"train": "demo:sft", "max_length": 96},
+        "train": {"batch_size": 16, "max_steps": 30, "lr": 3e-4},
+        "sampling": {"max_new_tokens": 32},
+        "distill": {"teacher": "demo:teacher", "loss": "reverse_kl", "on_policy_fraction": 1.0},
+        "run": {"log_every": 5, "eval_every": 0, "sample_every": 0, "save_every": 15, "threads": 2},
+    }, fast_steps=10),
+    "online_dpo": Stage(OnlineDPOConfig, {
+        "model": {"name_or_path": "demo:sft", "device": "cpu"},
+        "train": {"batch_size": 8, "max_steps": 20, "lr": 2e-4},
+        "sampling": {"max_new_tokens": 32},
+        "online": {"samples_per_prompt": 4},
+        "rewards": [{"reward_model": "demo:rm"}],
+        "eval_rewards": [{"builtin": "demo_gold"}],
+        "run": {"log_every": 2, "eval_every": 0, "sample_every": 10, "save_every": 10, "threads": 2},
+    }, fast_steps=10),
 }
 EVAL_SAMPLING = SamplingParams(max_new_tokens=32, temperature=0.0)
 

@@ -66,16 +66,21 @@ def build_tokenizer(texts: Iterable[str], vocab_size: int = VOCAB_SIZE) -> PreTr
     return tokenizer
 
 
-def build_tiny_model(tokenizer: PreTrainedTokenizerFast, seed: int = 0) -> LlamaForCausalLM:
-    """A seeded, randomly initialised ~0.85M-parameter Llama sized to ``tokenizer``.
+# (hidden, intermediate) per size: "small" is the demo's policy (~0.85M parameters), "large" the teacher it is
+# distilled from (~1.8M; a bigger one would not train within the demo's time on 2 CPU cores)
+SIZES = {"small": (128, 352), "large": (192, 512)}
+
+
+def build_tiny_model(tokenizer: PreTrainedTokenizerFast, seed: int = 0, size: str = "small") -> LlamaForCausalLM:
+    """A seeded, randomly initialised small Llama sized to ``tokenizer`` (``SIZES``).
 
     The template has no BOS token (it starts with a role marker), so the tokenizer adds none; ``bos_token_id`` is
     set to the end token only so that ``generate()`` has a start token when called without input.
     """
     config = LlamaConfig(
         vocab_size=len(tokenizer),
-        hidden_size=128,
-        intermediate_size=352,
+        hidden_size=SIZES[size][0],
+        intermediate_size=SIZES[size][1],
         num_hidden_layers=4,
         num_attention_heads=4,
         num_key_value_heads=4,
@@ -127,7 +132,7 @@ def world_chats(world: WorldPaths) -> Iterator[str]:
         yield chat(r["prompt"])
 
 
-def build_base_model(out_dir: Path, world: WorldPaths, seed: int = 0) -> Path:
+def build_base_model(out_dir: Path, world: WorldPaths, seed: int = 0, size: str = "small") -> Path:
     """Train the tokenizer on the world's chats, build the tiny model, and save both as one HF folder.
 
     Returns ``out_dir``, which ``AutoModelForCausalLM.from_pretrained`` and ``AutoTokenizer.from_pretrained`` load
@@ -136,7 +141,7 @@ def build_base_model(out_dir: Path, world: WorldPaths, seed: int = 0) -> Path:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     tokenizer = build_tokenizer(world_chats(world))
-    model = build_tiny_model(tokenizer, seed=seed)
+    model = build_tiny_model(tokenizer, seed=seed, size=size)
     tokenizer.save_pretrained(out_dir)
     model.save_pretrained(out_dir)
     return out_dir

@@ -29,6 +29,8 @@ Files written by ``build_world`` (JSONL, one record a line, deterministic given 
     kto.jsonl             {"prompt", "completion", "label"}     label = gold >= 1.5 (correct, polite), balanced, noised
     prompts_train.jsonl   {"prompt", "answer", "held_out"}      RL prompts, never held out
     prompts_eval.jsonl    {"prompt", "answer", "held_out"}      every held-out combo once, then in-distribution
+    sft_eval.jsonl        {"prompt", "response"}                held-out records like sft.jsonl (perplexity)
+    teacher.jsonl         {"prompt", "response"}                curated: always correct and polite (the teacher's data)
     world.json            seed, sizes, label_noise and the held-out combinations
 """
 
@@ -218,6 +220,7 @@ class WorldSizes:
     rl_prompts: int = 512  # prompt-only records for PPO / GRPO
     eval_prompts: int = 200  # eval prompts; the held-out combinations come first
     sft_eval: int = 300  # held-out SFT-style records (same distribution as sft): perplexity before / after a stage
+    teacher: int = 3000  # curated (prompt, response) records, always correct and polite: what the demo teacher learns
 
     def __post_init__(self) -> None:
         for name, value in asdict(self).items():
@@ -240,6 +243,7 @@ class WorldPaths:
     prompts_train: Path
     prompts_eval: Path
     sft_eval: Path
+    teacher: Path
     meta: Path
 
     @classmethod
@@ -261,6 +265,15 @@ def _sft(rng: random.Random, combos: list[Combo], n: int) -> list[dict]:
     for _ in range(n):
         combo, prompt = _sample_prompt(rng, combos)
         out.append({"prompt": prompt, "response": _sample_response(rng, combo)})
+    return out
+
+
+def _teacher(rng: random.Random, combos: list[Combo], n: int) -> list[dict]:
+    """Curated answers (correct and polite): the data of the demo's teacher, a stronger model to distil from."""
+    out = []
+    for _ in range(n):
+        combo, prompt = _sample_prompt(rng, combos)
+        out.append({"prompt": prompt, "response": make_response(combo, True, "polite", rng.randrange(len(TEMPLATES["polite"])))})
     return out
 
 
@@ -363,6 +376,7 @@ def build_world(out_dir: Path, seed: int = 0, sizes: WorldSizes | None = None, *
     files: dict[Path, list[dict]] = {
         paths.sft: _sft(stream("sft"), train, sizes.sft),
         paths.sft_eval: _sft(stream("sft_eval"), train, sizes.sft_eval),
+        paths.teacher: _teacher(stream("teacher"), train, sizes.teacher),
         paths.prefs: prefs,
         paths.prefs_gold: prefs_gold,
         paths.prefs_eval: prefs_eval,

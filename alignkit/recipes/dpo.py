@@ -12,6 +12,9 @@ Departures from the papers:
 4. The loss is the mean over all pairs of the optimizer step, whatever the micro-batching.
 5. IPO uses summed log-probs as in the paper's equation (TRL averages per token; say ``loss: ipo`` with a larger
    beta for long responses).
+6. Trust-region DPO (``dpo.reference_update``) moves the reference after each optimizer step (soft) or every
+   ``reference_every`` steps (hard), on the policy's weights after that step; the moving reference is saved with
+   each checkpoint, so a resumed run continues from it.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from pathlib import Path
 import torch
 
 from ..batch import SequenceBatch
-from ..config import DPOConfig
+from ..config import DPOConfig, DPOSection
 from ..data.cache import cached
 from ..data.collate import pad_sequences
 from ..data.prepare import PairRow, load_split, tokenize_pairs
@@ -34,6 +37,7 @@ from ..models import (
     load_causal_lm,
     load_reference,
     load_tokenizer,
+    move_reference,
     reference_cache,
 )
 from ..ops import sequence_logps
@@ -69,14 +73,21 @@ def pair_loss(cfg: DPOConfig, model, batch: SequenceBatch, ref: tuple[torch.Tens
     """Per-pair loss (B,) and per-pair stats for one micro-batch."""
     logps, lengths = sequence_logps(model, batch.input_ids, batch.attention_mask, batch.position_ids, batch.loss_mask,
                                     batch.segments)
-    (chosen, rejected), (chosen_len, rejected_len) = split_pairs(logps), split_pairs(lengths)
+    return preference_loss(cfg.dpo, split_pairs(logps), split_pairs(lengths), ref)
+
+
+def preference_loss(dpo: DPOSection, logps: tuple[torch.Tensor, torch.Tensor], lengths: tuple[torch.Tensor, torch.Tensor],
+                    ref: tuple[torch.Tensor, torch.Tensor] | None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The section's preference loss (+ its NLL term) per pair (B,) from summed response log-probs of the chosen and
+    rejected responses (B,) each, their lengths and the reference's: what offline and online DPO share."""
+    (chosen, rejected), (chosen_len, rejected_len) = logps, lengths
     ref_chosen, ref_rejected = ref if ref is not None else (None, None)
-    loss, stats = PREFERENCE_LOSSES[cfg.dpo.loss](
-        chosen, rejected, ref_chosen, ref_rejected, beta=cfg.dpo.beta, label_smoothing=cfg.dpo.label_smoothing,
-        chosen_lengths=chosen_len, rejected_lengths=rejected_len, simpo_gamma=cfg.dpo.simpo_gamma)
+    loss, stats = PREFERENCE_LOSSES[dpo.loss](
+        chosen, rejected, ref_chosen, ref_rejected, beta=dpo.beta, label_smoothing=dpo.label_smoothing,
+        chosen_lengths=chosen_len, rejected_lengths=rejected_len, simpo_gamma=dpo.simpo_gamma)
     nll = nll_term(chosen, chosen_len)
-    if cfg.dpo.nll_weight_value:
-        loss = loss + cfg.dpo.nll_weight_value * nll
+    if dpo.nll_weight_value:
+        loss = loss + dpo.nll_weight_value * nll
     stats = {**stats, "nll": nll.detach(), "logps_chosen": (chosen / chosen_len.clamp(min=1)).detach(),
              "logps_rejected": (rejected / rejected_len.clamp(min=1)).detach()}
     if ref is not None:  # sequence-level log-ratio on the data: a cheap estimate of KL to the reference
@@ -153,6 +164,9 @@ def train(cfg: DPOConfig, resume: str | bool | None = None) -> dict:
             cache = reference_cache(run.dir / REFERENCE_CACHE, reference, sequences, pad_id, cfg.train.batch_size * 2,
                                     acc.device, write=run.is_main, reuse=bool(run.resume_from))
             reference = None  # frees a separate reference model; the cache is all we need
+    if cfg.dpo.reference_update != "none":  # a moving reference is saved with each checkpoint and resumed from it
+        reference.check_follows(model)
+        acc.register_for_checkpointing(reference.model)
 
     model, optimizer, scheduler, steps, start = prepare_training(run, model, cfg.train, len(train_rows))
     if reference is not None and reference.policy is not None:
@@ -190,6 +204,7 @@ def train(cfg: DPOConfig, resume: str | bool | None = None) -> dict:
             optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
+        move_reference(reference, model, cfg.dpo.reference_update, cfg.dpo.reference_alpha, cfg.dpo.reference_every, step)
         pairs_seen += int(denominator.item())
         # 4. log, eval, checkpoint
         if step % cfg.run.log_every == 0 or step == steps:

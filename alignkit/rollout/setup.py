@@ -51,17 +51,20 @@ class RLSetup:
                             temperature=s.eval_temperature, samples=s.eval_samples, seed=cfg.train.seed)
 
 
-def load_rl(run, cfg, with_reference: bool) -> RLSetup:
+def load_rl(run, cfg, with_reference: bool, reference_path: str | None = None) -> RLSetup:
     """Load the policy (dropout off: the ratio must compare the same function at rollout and update time), its
-    reference when asked, the reward sources and the tokenized prompts of ``cfg``."""
+    reference when asked (``reference_path``, else the starting policy), the reward sources (a ``judge: self``
+    source judges with the policy itself) and the tokenized prompts of ``cfg``."""
     acc = run.accelerator
     engine_name(cfg.sampling.engine)  # an engine this machine cannot run is refused before anything loads
     tokenizer = load_tokenizer(cfg.model, announce=run.print)
     policy = load_causal_lm(cfg.model, tokenizer, acc.device)
     disable_dropout(policy)
     policy.train()
-    reference = load_reference(cfg.model, None, policy, tokenizer, acc.device, acc.autocast) if with_reference else None
-    rewards = RewardSet(cfg.rewards, acc.device, cfg.data.max_length + cfg.sampling.max_new_tokens, acc.autocast)
+    reference = (load_reference(cfg.model, reference_path, policy, tokenizer, acc.device, acc.autocast)
+                 if with_reference else None)
+    rewards = RewardSet(cfg.rewards, acc.device, cfg.data.max_length + cfg.sampling.max_new_tokens, acc.autocast,
+                        policy=(policy, tokenizer))
     eval_only = RewardSet(cfg.eval_rewards, acc.device, autocast=acc.autocast) if cfg.eval_rewards else None
     train_examples, eval_examples = load_split(cfg.data, "prompt", cfg.train.seed)
     train_examples, prompt_ids, report = cached(tokenize_prompts, train_examples, tokenizer, cfg.data, "train")
