@@ -67,6 +67,7 @@ def run_cai(cfg, resume=None) -> dict:
     from .config import ConfigError
     from .constitution import load_constitution
     from .data.prepare import load_prompts
+    from .generate import drop_repeated_records
     from .models import load_causal_lm, load_tokenizer, resolve_device
     from .report import write_report
     from .rollout.core import tokenize_prompts
@@ -363,21 +364,6 @@ def prompt_json(prompt) -> str | list[dict[str, str]]:
     """The prompt as alignkit's data records hold it: a lone user turn as its text, else the message list (a
     system turn included, so no "system" key is needed)."""
     return prompt[0].content if len(prompt) == 1 and prompt[0].role == "user" else as_dicts(prompt)
-
-
-TRAINED = ("prompt", "response", "messages", "chosen", "rejected")  # the fields a trainer reads
-
-
-def drop_repeated_records(records: list[dict]) -> tuple[list[dict], int]:
-    """Records whose trained fields equal an earlier record's left out; (kept, how many were left out)."""
-    seen: set[str] = set()
-    kept = []
-    for record in records:
-        key = json.dumps([record.get(k) for k in TRAINED])
-        if key not in seen:
-            seen.add(key)
-            kept.append(record)
-    return kept, len(records) - len(kept)
 
 
 def print_summary(summary: dict) -> None:

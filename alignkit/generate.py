@@ -226,7 +226,8 @@ WRITERS = {"raw": raw_records, "pairs": pair_records, "ranked": ranked_records}
 COUNTS = {"raw": (),
           "pairs": ("skipped_ties", "skipped_margin", "skipped_alike", "duplicates_dropped"),
           "ranked": ("skipped_ties", "skipped_alike", "duplicates_dropped", "dropped_repeats", "tied_neighbours")}
-TRAINED = ("prompt", "chosen", "rejected", "responses")  # the fields a trainer reads: what makes two records equal
+# the fields a trainer reads (generate's pairs and ranked lists, cai's SFT records and pairs): what makes two records equal
+TRAINED = ("prompt", "response", "messages", "chosen", "rejected", "responses")
 
 
 def drop_repeated_records(records: list[dict]) -> tuple[list[dict], int]:
