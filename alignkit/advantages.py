@@ -80,21 +80,25 @@ def zero_spread_groups(scores: Tensor, group_size: int, tol: float = 1e-8) -> Te
 
 
 def gae(rewards: Tensor, values: Tensor, mask: Tensor, gamma: float = 1.0, lam: float = 0.95) -> tuple[Tensor, Tensor]:
-    """Generalised advantage estimation (Schulman et al. 2016, eq. 16) over response tokens.
+    """Generalised advantage estimation (Schulman et al. 2016, eq. 16) over the policy's tokens.
 
     rewards, values, mask: (B, T). values[t] is V(s_t), the critic's estimate before token t is produced. The value
-    after the last real token is 0 (the episode ends there), and padded positions (mask 0) get advantage 0.
-    delta_t = r_t + gamma V(s_{t+1}) - V(s_t);  A_t = delta_t + gamma lambda A_{t+1};  returns = A + V.
+    after the last real token is 0 (the episode ends there), and positions with mask 0 get advantage 0.
+    delta_t = r_t + gamma V(s_{t'}) - V(s_t);  A_t = delta_t + gamma lambda A_{t'};  returns = A + V, where t' is
+    the next position with mask 1: in a multi-turn episode the environment's tokens between two turns (mask 0) are
+    not actions, so the recursion steps over them (rewards on them are ignored).
     """
     mask = mask.to(values.dtype)
     values = values * mask
     advantages = torch.zeros_like(values)
     running = torch.zeros_like(values[:, 0])
+    next_value = torch.zeros_like(running)
     for t in reversed(range(values.shape[1])):
-        next_value = values[:, t + 1] if t + 1 < values.shape[1] else torch.zeros_like(running)
         delta = rewards[:, t] + gamma * next_value - values[:, t]
-        running = (delta + gamma * lam * running) * mask[:, t]
-        advantages[:, t] = running
+        counted = mask[:, t] > 0
+        running = torch.where(counted, delta + gamma * lam * running, running)
+        next_value = torch.where(counted, values[:, t], next_value)
+        advantages[:, t] = running * mask[:, t]
     return advantages, (advantages + values) * mask
 
 

@@ -78,7 +78,8 @@ class RolloutBatch:
     input_ids: Tensor  # (B, P + R)
     attention_mask: Tensor  # (B, P + R) 1 on real prompt and response tokens
     position_ids: Tensor  # (B, P + R) 0.. from each row's first real token (left padding aware)
-    response_mask: Tensor  # (B, R) 1 on response tokens, the EOS included
+    response_mask: Tensor  # (B, R) 1 on the policy's response tokens, the EOS included; 0 on padding and on an
+    #                         environment's tokens between the turns of a multi-turn episode (context, not trained)
     finished: Tensor  # (B,) bool, the response ended with EOS (False: cut at the length limit)
     prompt_width: int  # P
 

@@ -259,13 +259,9 @@ class Scripted:
 
     def __init__(self, reference: str, stage: str) -> None:
         from .config import ConfigError
-        from .rewards import RewardError, load_function
+        from .rewards import load_function
 
-        try:
-            cls = load_function(reference)
-        except RewardError as exc:  # its import errors, named for this key
-            raise ConfigError(str(exc).replace(f'reward function "{reference}"', f'cai.scripted = "{reference}"')
-                              .replace("has no function named", "has no class named")) from None
+        cls = load_function(reference, "class", ConfigError, label=f'cai.scripted = "{reference}"')
         missing = [m for m in STAGE_METHODS[stage] if not callable(getattr(cls, m, None))]
         if missing:
             raise ConfigError(f'cai.scripted = "{reference}": {getattr(cls, "__name__", cls)} has no method '

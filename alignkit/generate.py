@@ -150,9 +150,10 @@ def sample_and_score(cfg, engine, model, examples: Sequence, prompt_ids: Sequenc
     out: list[list[Any]] = [[None] * g.samples for _ in examples]
     bar = tqdm(total=len(rows), desc=f"generate x{g.samples}", unit="response", disable=not cfg.run.progress)
     for chunk in chunks_of(range(len(rows)), g.batch_size):
-        gens, total, parts = answer(engine, model, [examples[rows[r][0]] for r in chunk],
-                                    [prompt_ids[rows[r][0]] for r in chunk], rewards, params,
-                                    seeds=[seeds[r] for r in chunk])
+        episodes, total, parts = answer(engine, model, [examples[rows[r][0]] for r in chunk],
+                                        [prompt_ids[rows[r][0]] for r in chunk], rewards, params,
+                                        seeds=[seeds[r] for r in chunk])
+        gens = [e.generation for e in episodes]
         for j, r in enumerate(chunk):
             i, k = rows[r]
             out[i][k] = Response(gens[j].text, k, seeds[r], {label: v[j].item() for label, v in parts.items()},

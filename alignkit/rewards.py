@@ -35,27 +35,30 @@ class RewardError(ValueError):
 
 
 # ------------------------------------------------------------------------------------------ Python functions
-def load_function(reference: str) -> RewardFn:
-    """``package.module:function`` or ``path/to/file.py:function`` -> the callable."""
+def load_function(reference: str, what: str = "reward function", error: type[Exception] = RewardError,
+                  label: str | None = None) -> Any:
+    """``package.module:name`` or ``path/to/file.py:name`` -> the callable (a reward function; an environment
+    class or a tool elsewhere: ``what`` names the kind in errors, ``label`` the config key, ``error`` is raised)."""
+    label = label or f'{what} "{reference}"'
     if ":" not in reference:
-        raise RewardError(f'reward function "{reference}": expected module:function or path/to/file.py:function')
+        raise error(f'{label}: expected module:name or path/to/file.py:name')
     target, name = reference.rsplit(":", 1)
     try:
         if target.endswith(".py"):
             path = Path(target)
             if not path.is_file():
-                raise RewardError(f'reward function "{reference}": file {path} not found')
-            spec = importlib.util.spec_from_file_location(f"alignkit_reward_{path.stem}", path)
+                raise error(f'{label}: file {path} not found')
+            spec = importlib.util.spec_from_file_location(f"alignkit_user_{path.stem}", path)
             module = importlib.util.module_from_spec(spec)
             spec.loader.exec_module(module)  # type: ignore[union-attr]
         else:
             module = importlib.import_module(target)
     except ImportError as exc:
-        raise RewardError(f'reward function "{reference}": cannot import {target} ({exc})') from None
-    fn = getattr(module, name, None)
-    if not callable(fn):
-        raise RewardError(f'reward function "{reference}": {target} has no function named {name}')
-    return fn
+        raise error(f'{label}: cannot import {target} ({exc})') from None
+    obj = getattr(module, name, None)
+    if not callable(obj):
+        raise error(f'{label}: {target} has no {what} named {name}')
+    return obj
 
 
 def call_reward(name: str, fn: RewardFn, prompts: list[str], completions: list[str],
@@ -208,12 +211,15 @@ class RewardSet:
 
     Python functions and built-ins are imported only here, for the sources the config names. ``policy``: the
     trained (model, tokenizer), for ``judge: self`` sources; a recipe that trains no policy passes none.
+    ``scored_elsewhere``: an environment gives its own reward, so an empty list of sources is allowed.
     """
 
     def __init__(self, sources: Sequence[RewardSource], device: torch.device | None = None, max_length: int = 1024,
-                 autocast=contextlib.nullcontext, policy: tuple[Any, Any] | None = None) -> None:
-        if not sources:
-            raise RewardError("no reward sources configured: add at least one entry under rewards:")
+                 autocast=contextlib.nullcontext, policy: tuple[Any, Any] | None = None,
+                 scored_elsewhere: bool = False) -> None:
+        if not sources and not scored_elsewhere:
+            raise RewardError("no reward sources configured: add at least one entry under rewards: (or name an "
+                              "environment, environment.name, that gives its own reward)")
         self.entries: list[tuple[RewardSource, Any]] = []
         labels = [s.label for s in sources]
         if len(set(labels)) != len(labels):

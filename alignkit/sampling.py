@@ -38,6 +38,8 @@ class Generation:
     finished: bool  # True when the response ended with EOS (False: hit the length limit)
     logps: tuple[float, ...] = ()  # (R,) the engine's log-prob of each response token, log softmax(logits / T);
     #                                  empty for greedy decoding
+    mask: tuple[int, ...] = ()  # (R,) 1 on the policy's own tokens, 0 on an environment's (multi-turn episodes);
+    #                              empty = every response token is the policy's
 
 
 def unwrap(model):
@@ -196,7 +198,7 @@ def rollout_batch(generations: Sequence[Generation], pad_id: int) -> RolloutBatc
         if r:
             ids[i, prompt_width : prompt_width + r] = torch.tensor(g.response_ids)
             attention[i, prompt_width : prompt_width + r] = 1
-            response_mask[i, :r] = 1
+            response_mask[i, :r] = torch.tensor(g.mask) if g.mask else 1
     positions = (attention.cumsum(-1) - 1).clamp(min=0)
     finished = torch.tensor([g.finished for g in generations])
     return RolloutBatch(ids, attention, positions, response_mask, finished, prompt_width)

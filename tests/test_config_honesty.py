@@ -21,6 +21,9 @@ EPOCHS = {"train": {"max_steps": 0, "epochs": 0.2}}
 SPLIT = {"data": {"eval": None, "eval_fraction": 0.2}}
 JUDGE = {"judge": "demo:sft", "args": {"max_new_tokens": 2}, "revision": None, "dtype": "float32"}
 PACKED = {"packing": True, "pack_length": 300, "cache_tokenized": False}
+TOOLS = {"environment": {"tools": ["alignkit.demo.tools_world:calculator"], "max_turns": 2, "max_tokens": 12,
+                         "tool_timeout": 2.0, "tool_format": "pythonic"}}
+NAMED_ENV = {"environment": {"name": "envs:Echo", "args": {"rounds": 1}}}  # tests/envs.py
 VARIANTS = {
     "sft": [{"data": PACKED}, LORA, {**EPOCHS, **SPLIT}],
     "rm": [{**LORA, "data": PACKED}, {**EPOCHS, **SPLIT}],
@@ -31,12 +34,12 @@ VARIANTS = {
                        "ratio": "sapo"}, "sampling": {"correction": "tis", "correction_level": "sequence",
                                                       "eval_temperature": 0.7, "eval_samples": 2}},
              {**SPLIT, "rewards": [JUDGE, {"reward_model": "demo:rm", "normalize": False, "name": "rm"}]},
-             {**LORA, **EPOCHS}],
+             {**LORA, **EPOCHS}, TOOLS, NAMED_ENV],
     "ppo": [{"ppo": {"adaptive_kl": True, "reward_norm": "running", "critic": "shared"},
              "sampling": {"correction": "mis", "eval_temperature": 1.0, "eval_samples": 2}},
             {**SPLIT, "ppo": {"kl_in_loss": True, "kl_estimator": "k3"},
              "rewards": [{"builtin": "demo_gold"}, JUDGE]},
-            {**LORA, **EPOCHS}],
+            {**LORA, **EPOCHS}, TOOLS, NAMED_ENV],
     "distill": [{"distill": {"loss": "jsd", "jsd_beta": 0.4, "on_policy_fraction": 0.5, "hard_weight": 0.1,
                              "temperature": 2.0},
                  "sampling": {"temperature": 0.9, "top_p": 0.95, "top_k": 5, "eval_temperature": 0.7, "eval_samples": 2}},
@@ -149,6 +152,13 @@ def test_eval_config_fields_are_read_or_refused(tmp_path, demo_rm):
         'rewards=[{builtin: demo_gold}, {reward_model: "demo:rm", normalize: false, '
         'name: rm}, {judge: "demo:sft", args: {max_new_tokens: 2}, dtype: float32}]'])
     reads |= run_recording(resolve(policy), "eval")
+    for environment in ('{tools: ["alignkit.demo.tools_world:calculator"], max_turns: 2, max_tokens: 12, '
+                        'tool_timeout: 2.0, tool_format: pythonic}', '{name: "envs:Echo", args: {rounds: 1}}'):
+        episodes = load_config(EvalConfig, None, [
+            f"run.output_dir={tmp_path / 'episodes'}", "run.threads=1", "eval.mode=policy", "models={sft: demo:sft}",
+            "data.train=demo:tools_prompts_eval", "eval.max_prompts=4", "eval.max_new_tokens=4",
+            "rewards=[{builtin: demo_gold}]", f"environment={environment}"])
+        reads |= run_recording(resolve(episodes), "eval")
     refused = {(type(getattr(cfg, key.split(".")[0])).__name__, key.split(".")[1]) for key in EvalConfig.REFUSED}
     assert not sorted((leaf_fields(cfg) | leaf_fields(policy)) - reads - refused)
 

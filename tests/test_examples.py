@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from alignkit.cli import RECIPES, main
 from alignkit.config import load_config
@@ -40,7 +41,10 @@ SHORT = {"sft": ["train.max_steps=2"], "rm": ["train.max_steps=2"], "dpo": ["tra
          "distill": ["train.max_steps=2", "train.batch_size=4", "sampling.max_new_tokens=8", "distill.teacher=demo:sft"],
          "distill_offline": ["train.max_steps=2", "train.batch_size=4", "distill.teacher=demo:sft"],
          "online_dpo": ["train.max_steps=1", "train.batch_size=2", "sampling.max_new_tokens=8"],
-         "online_dpo_self_rewarding": ["train.max_steps=3", "train.batch_size=2", "sampling.max_new_tokens=8"]}
+         "online_dpo_self_rewarding": ["train.max_steps=3", "train.batch_size=2", "sampling.max_new_tokens=8"],
+         "grpo_tools": ["train.max_steps=1", "train.batch_size=2", "sampling.max_new_tokens=8",
+                        "model.name_or_path=demo:sft"],  # demo:tools_sft trains on first use (a minute and a half)
+         "sft_tools": ["train.max_steps=2"]}
 
 
 @pytest.mark.slow
@@ -49,10 +53,16 @@ def test_example_runs_two_steps(path, tmp_path, demo_sft):
     recipe = recipe_for(path)
     extra = [] if recipe == "eval" else ["run.eval_every=0", "run.save_every=0", "run.sample_every=0",
                                          "run.progress=false"]
-    if recipe in ("dpo", "kto"):  # a slice of the same demo data: two steps need no reference cache of 2,850 pairs
-        from multiproc import small_data
+    from multiproc import SMALL_SETS, small_data
 
-        extra += [f"data.{k}={v}" for k, v in small_data(recipe, tmp_path / "data").items()]
+    data = (yaml.safe_load(path.read_text()) or {}).get("data", {})
+    if recipe in ("sft", "dpo", "kto", "grpo", "ppo", "online_dpo") and data.get("train") == f"demo:{SMALL_SETS[recipe][0]}":
+        # a slice of the same demo data: two steps need no reference cache of 2,850 pairs, no eval of 200 prompts
+        extra += [f"data.{k}={v}" for k, v in small_data(recipe, tmp_path / "data", n_train=128).items()]
+        if "eval" not in data and recipe not in ("dpo", "kto"):
+            extra = [e for e in extra if not e.startswith("data.eval=")]
+        if recipe in ("grpo", "ppo", "online_dpo"):
+            extra.append("sampling.max_new_tokens=8")
     if path.stem.endswith("_vllm") and not HAS_VLLM:  # the same run on the hf engine; test_engines covers vllm
         extra += ["sampling.engine=auto", "train.mixed_precision=no"]
     args = [recipe, str(path), *SHORT.get(path.stem, SHORT[recipe]), *extra, f"run.output_dir={tmp_path / 'run'}"]

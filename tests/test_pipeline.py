@@ -169,9 +169,9 @@ def test_the_demo_pipeline_matches_the_demo_settings(demo_base, tmp_path):
 
     pipe = load_pipeline(ROOT / "examples" / "demo_pipeline.yaml", out=tmp_path)
     stages = {s.name: s for s in pipe.stages}
-    for name in ("sft", "teacher", "rm", "dpo", "kto", "ppo", "grpo"):
+    for name in ("sft", "teacher", "rm", "dpo", "kto", "ppo", "grpo", "tools-sft", "tools-grpo"):
         raw = stages[name].raw
-        for section, values in DEMO_STAGES[name].settings.items():
+        for section, values in DEMO_STAGES[name.replace("-", "_")].settings.items():
             if isinstance(values, dict):
                 given = {k: v for k, v in raw.get(section, {}).items() if k != "name_or_path"}
                 expect = {k: v for k, v in values.items() if k != "name_or_path"}

@@ -16,10 +16,10 @@ def test_load_function_from_module_and_file(tmp_path):
 
 
 @pytest.mark.parametrize("reference,message", [
-    ("no_colon", "expected module:function"),
+    ("no_colon", "expected module:name"),
     ("missing/file.py:f", "file missing/file.py not found"),
     ("alignkit.nonexistent:f", "cannot import alignkit.nonexistent"),
-    ("alignkit.demo.world:nope", "has no function named nope"),
+    ("alignkit.demo.world:nope", "has no reward function named nope"),
 ])
 def test_bad_function_reference_names_it(reference, message):
     with pytest.raises(ValueError, match=message):

@@ -9,7 +9,7 @@ from pydantic import Field, model_validator
 
 from .base import DataConfig, ModelConfig, RunConfig, Section, refuse_unused
 from .preference import _preference_data
-from .rl import RewardSource, _demo_rewards
+from .rl import ENVIRONMENT_INACTIVE, EnvironmentSection, RewardSource, _demo_rewards
 
 
 class EvalSection(Section):
@@ -53,8 +53,12 @@ class EvalConfig(Section):
     eval: EvalSection = Field(default_factory=EvalSection, description="what to evaluate")
     rewards: list[RewardSource] = Field(default_factory=list, description="policy: reward sources scoring the answers (each reported; their weighted sum as total)")
     models: dict[str, str] = Field(default_factory=dict, description="policy: name -> model (hub id, folder, demo:, ${stage.output}) answering the same prompts with the same seeds; empty = model.name_or_path alone", json_schema_extra={"resolve": "model"})
+    environment: EnvironmentSection = Field(default_factory=EnvironmentSection, description="policy: answer in episodes of an environment (tools; default single-turn)")
 
     INACTIVE: ClassVar[list[tuple[str, Any, str]]] = [
+        *ENVIRONMENT_INACTIVE,
+        *((f"environment.{k}", lambda c: c.eval.mode == "policy", "episodes are played by policies (eval.mode = policy)")
+          for k in ("name", "tools")),
         ("eval.min_accuracy", lambda c: c.eval.mode == "reward_model", "it is the reward-model verdict (eval.mode = reward_model)"),
         *((f"eval.{k}", lambda c: c.eval.mode == "policy", "it sets how policies answer and are compared (eval.mode = policy)")
           for k in ("max_new_tokens", "temperature", "seed", "group_by", "max_prompts", "samples", "baseline", "judge",

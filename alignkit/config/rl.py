@@ -67,6 +67,45 @@ class SamplingSection(Section):
     vllm_max_model_len: int | None = Field(None, ge=1, description="vllm engine: context length vLLM reserves KV cache for; None = data.max_length + max_new_tokens")
 
 
+class EnvironmentSection(Section):
+    """Multi-turn episodes: what answers the policy between its turns (alignkit.rollout.env). Without a name and
+    without tools every episode is one turn (the single-turn rollouts)."""
+
+    name: str | None = Field(None, description="an environment class (package.module:Class or path/to/file.py:Class, see alignkit.rollout.env.Environment) or verifiers:<env id> (a verifiers environment, the verifiers extra); None = the built-in tool environment over tools, or single-turn")
+    args: dict[str, Any] = Field(default_factory=dict, description="keyword arguments for the environment class; verifiers: its [env] block (taskset, seats) plus select (train records) and eval (eval records)")
+    tools: list[str] = Field(default_factory=list, description="Python tool functions (module:function or path/to/file.py:function; type hints and an Args: docstring give their schema), offered to the model through the chat template and run when it calls them (the built-in tool environment; a named environment brings its own)")
+    max_turns: int = Field(4, ge=1, description="assistant turns per episode at most (an episode cut here counts as truncated)")
+    max_tokens: int | None = Field(None, ge=1, description="tokens after the prompt per episode, the policy's and the environment's together (an episode cut here counts as truncated); None = max_turns x sampling.max_new_tokens")
+    tool_timeout: float = Field(5.0, gt=0, description="seconds a tool call may run; a slower call returns an error message to the model (tools get no other isolation)")
+    tool_format: Literal["auto", "pythonic", "hermes", "mistral", "llama3_json"] = Field("auto", description="how tool calls are written in an assistant turn: pythonic [f(x=1)] (Llama 3.2; alignkit's built-in template), hermes <tool_call>{json}</tool_call> (Qwen, Hermes), mistral [TOOL_CALLS][...], llama3_json; auto = read from the chat template (hermes when it shows none)")
+
+    @property
+    def multi_turn(self) -> bool:
+        return self.name is not None or bool(self.tools)
+
+    @model_validator(mode="after")
+    def _tools_run_by_alignkit(self) -> EnvironmentSection:
+        if self.tools and self.name is not None:
+            raise ValueError(f"environment.tools is for the built-in tool environment; environment.name = {self.name} "
+                             "brings and runs its own tools (its tools attribute; a verifiers environment's toolsets)")
+        return self
+
+
+def _runs_tools(c) -> bool:
+    """Tool calls are parsed and run by alignkit: the built-in tool environment, or a verifiers environment's."""
+    env = c.environment
+    return bool(env.tools) or (env.name or "").startswith("verifiers:")
+
+
+ENVIRONMENT_INACTIVE = [
+    *((f"environment.{k}", lambda c: c.environment.multi_turn, "no environment is set (environment.name or environment.tools)")
+      for k in ("max_turns", "max_tokens")),
+    *((f"environment.{k}", _runs_tools, "no tool calls are run by alignkit (environment.tools, or a verifiers environment)")
+      for k in ("tool_timeout", "tool_format")),
+    ("environment.args", lambda c: c.environment.name is not None, "it configures environment.name"),
+]
+
+
 K1_AS_LOSS = ("{key} = k1 cannot be a KL loss term: E[grad log pi] = 0, so its expected gradient is zero and the "
               "penalty would never pull toward the reference; use k3 (unbiased, non-negative) or k2")
 
@@ -149,7 +188,7 @@ class GRPOConfig(RecipeConfig):
 
     DEFAULTS = _rl_defaults("grpo", batch_size=8)
     REFUSED = RL_REFUSED
-    INACTIVE = [*RecipeConfig.INACTIVE, *_SAMPLING_INACTIVE,
+    INACTIVE = [*RecipeConfig.INACTIVE, *_SAMPLING_INACTIVE, *ENVIRONMENT_INACTIVE,
                 ("grpo.kl_estimator", lambda c: c.grpo.beta > 0, "the KL term is off (grpo.beta = 0)"),
                 *((f"grpo.{k}", lambda c: c.grpo.ratio == "sapo", "it sets SAPO's gate (grpo.ratio = sapo)")
                   for k in ("sapo_tau_pos", "sapo_tau_neg")),
@@ -157,6 +196,7 @@ class GRPOConfig(RecipeConfig):
                   for k in ("clip_low", "clip_high"))]
     sampling: SamplingSection = Field(default_factory=SamplingSection, description="rollout sampling")
     grpo: GRPOSection = Field(default_factory=GRPOSection, description="the algorithm")
+    environment: EnvironmentSection = Field(default_factory=EnvironmentSection, description="multi-turn episodes: an environment, tools (default: single-turn)")
     rewards: list[RewardSource] = Field(default_factory=_demo_rewards, description="reward sources, summed with their weights")
     eval_rewards: list[RewardSource] = Field(default_factory=list, description="extra sources scored at eval only, never optimised (e.g. a held-out judge: reward hacking shows as a gap)")
 
@@ -197,13 +237,14 @@ class PPOConfig(RecipeConfig):
     DEFAULTS = _rl_defaults("ppo", batch_size=16)
     REFUSED = RL_REFUSED
     INACTIVE = [*RecipeConfig.INACTIVE,
-                *_SAMPLING_INACTIVE,
+                *_SAMPLING_INACTIVE, *ENVIRONMENT_INACTIVE,
                 ("ppo.vf_coef", lambda c: c.ppo.critic == "shared", "it weighs a shared critic's value loss"),
                 ("ppo.critic_model", lambda c: c.ppo.critic == "separate", "a shared critic is the actor's backbone"),
                 *((f"ppo.{k}", lambda c: c.ppo.adaptive_kl, "it tunes the adaptive KL controller (ppo.adaptive_kl)")
                   for k in ("kl_target", "kl_horizon"))]
     sampling: SamplingSection = Field(default_factory=SamplingSection, description="rollout sampling")
     ppo: PPOSection = Field(default_factory=PPOSection, description="the algorithm")
+    environment: EnvironmentSection = Field(default_factory=EnvironmentSection, description="multi-turn episodes: an environment, tools (default: single-turn)")
     rewards: list[RewardSource] = Field(default_factory=lambda: [RewardSource(reward_model="demo:rm")], description="reward sources (a reward model, Python functions), summed with weights")
     eval_rewards: list[RewardSource] = Field(default_factory=list, description="extra sources scored at eval only, never optimised (e.g. a held-out judge: reward hacking shows as a gap)")
 

@@ -50,10 +50,11 @@ def code_fingerprint(fn: Callable) -> str:
                       *sorted(inspect.getsource(m) for m in modules if m is not None)])
 
 
-def fingerprint(fn: Callable, examples: Sequence, tokenizer, data: DataConfig) -> str:
+def fingerprint(fn: Callable, examples: Sequence, tokenizer, data: DataConfig, extra: dict | None = None) -> str:
     digest = hashlib.sha256()
     for part in (f"v{FORMAT_VERSION}", code_fingerprint(fn), f"{fn.__module__}.{fn.__qualname__}",
-                 tokenizer_fingerprint(tokenizer), repr((data.max_length, data.overlong, data.loss_on))):
+                 tokenizer_fingerprint(tokenizer), repr((data.max_length, data.overlong, data.loss_on)),
+                 repr(sorted((extra or {}).items()))):
         digest.update(part.encode())
         digest.update(b"\0")
     for example in examples:
@@ -61,19 +62,20 @@ def fingerprint(fn: Callable, examples: Sequence, tokenizer, data: DataConfig) -
     return digest.hexdigest()[:32]
 
 
-def cached(fn: Callable[..., Any], examples: Sequence, tokenizer, data: DataConfig, name: str) -> Any:
-    """``fn(examples, tokenizer, data, name)``, from the cache when the same inputs were tokenised before."""
+def cached(fn: Callable[..., Any], examples: Sequence, tokenizer, data: DataConfig, name: str, **extra: Any) -> Any:
+    """``fn(examples, tokenizer, data, name, **extra)``, from the cache when the same inputs were tokenised
+    before (``extra``, such as an environment's tool schemas, is part of the key)."""
     if not data.cache_tokenized or not examples:
-        return fn(examples, tokenizer, data, name)
+        return fn(examples, tokenizer, data, name, **extra)
     from ..checkpoint import atomic_write_bytes
 
-    path = cache_dir() / f"{fn.__name__}-{fingerprint(fn, examples, tokenizer, data)}.pkl"
+    path = cache_dir() / f"{fn.__name__}-{fingerprint(fn, examples, tokenizer, data, extra)}.pkl"
     if path.is_file():
         try:
             return pickle.loads(path.read_bytes())
         except Exception:  # a truncated or foreign file: recompute and overwrite it
             pass
-    result = fn(examples, tokenizer, data, name)
+    result = fn(examples, tokenizer, data, name, **extra)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(path, pickle.dumps(result, protocol=pickle.HIGHEST_PROTOCOL))

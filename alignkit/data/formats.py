@@ -10,8 +10,12 @@ SFT
   prompt_response  ``{"prompt": str, "response": str, "system"?: str}``
   alpaca           ``{"instruction": str, "input"?: str, "output": str, "system"?: str}``
                    (input, when non-empty, is appended to the instruction after a blank line)
-  messages         ``{"messages": [{"role": "system"|"user"|"assistant", "content": str}, ...]}``
-                   (also accepted under the key ``conversations``); must contain an assistant turn
+  messages         ``{"messages": [{"role": "system"|"user"|"assistant"|"tool", "content": str}, ...], "tools"?: [...]}``
+                   (also accepted under the key ``conversations``); must contain an assistant turn. Tool-use
+                   transcripts: an assistant turn may carry ``"tool_calls"`` (OpenAI style, ``[{"type": "function",
+                   "function": {"name", "arguments"}}]``, or ``[{"name", "arguments"}]``; its content may then be
+                   empty), a ``"tool"`` turn holds a result (``"name"`` optional), and ``"tools"`` lists the tool
+                   schemas the chat template renders (JSON schema, as ``transformers.utils.get_json_schema``)
 Preference
   pairwise         ``{"prompt": str | messages, "chosen": str | messages, "rejected": str | messages, "margin"?: float}``
                    (with message lists and no prompt, the shared leading turns become the prompt)
@@ -50,7 +54,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
-ROLES = ("system", "user", "assistant")
+ROLES = ("system", "user", "assistant", "tool")
 
 
 class DataError(ValueError):
@@ -61,6 +65,17 @@ class DataError(ValueError):
 class Message:
     role: str  # one of ROLES
     content: str
+    tool_calls: str = ""  # assistant turns: JSON list of {"type": "function", "function": {"name", "arguments"}}
+    name: str = ""  # tool turns: the tool that answered (optional)
+
+    def as_dict(self) -> dict:
+        """The message as chat templates read it."""
+        out: dict = {"role": self.role, "content": self.content}
+        if self.tool_calls:
+            out["tool_calls"] = json.loads(self.tool_calls)
+        if self.name:
+            out["name"] = self.name
+        return out
 
 
 Conversation = tuple[Message, ...]
@@ -70,6 +85,7 @@ Conversation = tuple[Message, ...]
 class SFTExample:
     messages: Conversation  # whole dialogue; assistant turns are the trainable ones
     where: str  # "file line N", for errors and reports
+    tools: str = ""  # JSON list of the tool schemas the chat template renders ("" = none)
 
 
 @dataclass(frozen=True)
@@ -184,8 +200,51 @@ def _message(item: Any, field: str, where: str) -> Message:
     speaker = _require(item, speaker_key, where, f"{field}.")
     if not isinstance(speaker, str) or speaker not in roles:
         _fail(where, f"{field}.{speaker_key}", f"is {_show(speaker)}, expected one of {', '.join(roles)}")
+    calls = _tool_calls(item.get("tool_calls"), f"{field}.tool_calls", where) if roles[speaker] == "assistant" else ""
+    if calls and _absent(item.get(text_key)):
+        return Message("assistant", "", calls)  # a turn that only calls tools
     text = _require(item, text_key, where, f"{field}.")
-    return Message(roles[speaker], _text(text, f"{field}.{text_key}", where))
+    name = item.get("name") if roles[speaker] == "tool" and isinstance(item.get("name"), str) else ""
+    return Message(roles[speaker], _text(text, f"{field}.{text_key}", where), calls, name)
+
+
+def _tool_calls(value: Any, field: str, where: str) -> str:
+    """OpenAI-style tool calls (or bare {"name", "arguments"} items) -> one normalised JSON list; arguments given
+    as a JSON string are decoded, so every template sees an object."""
+    if _absent(value) or value == []:
+        return ""
+    if not isinstance(value, list):
+        _fail(where, field, f"must be a list of tool calls, got {_describe(value)}")
+    calls = []
+    for i, item in enumerate(value):
+        call = item.get("function", item) if isinstance(item, dict) else None
+        if not (isinstance(call, dict) and isinstance(call.get("name"), str) and call["name"]):
+            _fail(where, f"{field}[{i}]", 'must be {"type": "function", "function": {"name": str, "arguments": {...}}}')
+        arguments = call.get("arguments", {})
+        if isinstance(arguments, str):
+            try:
+                arguments = json.loads(arguments)
+            except json.JSONDecodeError:
+                _fail(where, f"{field}[{i}].arguments", f"is not valid JSON: {_show(arguments)}")
+        if not isinstance(arguments, dict):
+            _fail(where, f"{field}[{i}].arguments", f"must be an object, got {_describe(arguments)}")
+        calls.append({"type": "function", "function": {"name": call["name"], "arguments": arguments}})
+    return json.dumps(calls, ensure_ascii=False)
+
+
+def _tools(record: dict, where: str) -> str:
+    """A record's tool schemas (a list, or a JSON string of one, as some hub datasets store them)."""
+    value = record.get("tools")
+    if _absent(value) or value == []:
+        return ""
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError:
+            _fail(where, "tools", f"is not valid JSON: {_show(value)}")
+    if not (isinstance(value, list) and all(isinstance(t, dict) for t in value)):
+        _fail(where, "tools", f"must be a list of tool schemas, got {_describe(value)}")
+    return json.dumps(value, ensure_ascii=False)
 
 
 def _message_list(value: Any, field: str, where: str) -> Conversation:
@@ -281,7 +340,7 @@ def to_messages(record: dict, where: str) -> SFTExample:
     messages = _with_system(record, _message_list(_require(record, key, where), key, where), where)
     if not any(message.role == "assistant" for message in messages):
         _fail(where, key, "has no assistant turn (nothing to train on)")
-    return SFTExample(messages, where)
+    return SFTExample(messages, where, _tools(record, where))
 
 
 def _shared_prefix(chosen: Conversation, rejected: Conversation) -> int:

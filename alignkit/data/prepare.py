@@ -98,7 +98,8 @@ def tokenize_sft(examples: Sequence[SFTExample], tokenizer, data: DataConfig, na
     """Tokenize with response-only masks; apply the over-length policy (truncate or drop) and count what happened."""
     def candidates():
         for example in examples:
-            row = tokenize_conversation(tokenizer, example.messages, loss_on=data.loss_on, max_length=data.max_length)
+            row = tokenize_conversation(tokenizer, example.messages, loss_on=data.loss_on, max_length=data.max_length,
+                                        tools=example.tools)
             yield [row], row, example.where
 
     return _keep_fitting(candidates(), data, name)

@@ -64,6 +64,12 @@ DEMO_STAGES: dict[str, Stage] = {
         "run": {"log_every": 10, "eval_every": 125, "sample_every": 125, "num_samples": 4,
                 "sample_max_new_tokens": 32, "save_every": 125, "threads": 2},
     }, fast_steps=150),
+    "tools_sft": Stage(SFTConfig, {  # tool-use transcripts: the calculator habit, half learned (tools_world.py)
+        "model": {"name_or_path": "demo:sft", "device": "cpu"},
+        "data": {"train": "demo:tools_sft", "eval_fraction": 0.05, "max_length": 256},
+        "train": {"batch_size": 32, "max_steps": 300, "lr": 2e-3, "warmup_ratio": 0.05, "weight_decay": 0.01},
+        "run": {"log_every": 10, "eval_every": 100, "sample_every": 0, "save_every": 100, "threads": 2},
+    }, fast_steps=100),
     "rm": Stage(RMConfig, {
         "model": {"name_or_path": "demo:sft", "device": "cpu"},
         "data": {"train": "demo:prefs", "eval": "demo:prefs_eval", "max_length": 96},
@@ -90,6 +96,17 @@ DEMO_STAGES: dict[str, Stage] = {
         "eval_rewards": [],
         "run": {"log_every": 5, "eval_every": 20, "sample_every": 20, "save_every": 30, "threads": 2},
     }, fast_steps=40),
+    "tools_grpo": Stage(GRPOConfig, {  # GRPO in the calculator environment, from the half-learned habit
+        "model": {"name_or_path": "demo:tools_sft", "device": "cpu"},
+        "data": {"train": "demo:tools_prompts", "eval": "demo:tools_prompts_eval", "max_length": 96},
+        "train": {"batch_size": 8, "max_steps": 30, "lr": 3e-4},
+        "sampling": {"max_new_tokens": 48, "temperature": 0.6, "eval_temperature": 0.6},
+        "grpo": {"group_size": 8, "micro_batch_size": 32},
+        "environment": {"tools": ["alignkit.demo.tools_world:calculator"], "max_turns": 3, "max_tokens": 120},
+        "rewards": [{"builtin": "demo_gold"}],
+        "eval_rewards": [],
+        "run": {"log_every": 2, "eval_every": 10, "sample_every": 10, "save_every": 15, "threads": 2},
+    }, fast_steps=10),
     "ppo": Stage(PPOConfig, {
         "model": {"name_or_path": "demo:sft", "device": "cpu"},
         "train": {"batch_size": 32, "max_steps": 30, "lr": 1e-4},

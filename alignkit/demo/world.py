@@ -4,7 +4,8 @@ Why it exists: every recipe needs a task whose true quality is known, so demos a
 improves the *gold* score (rule 12), not merely that a loss went down. The task is small enough for a ~1M-parameter
 model, and it has two separable axes a human rater would care about: correctness and manners.
 
-Prompts ask ``a + b`` or ``a - b`` with ``a, b`` in 0..9 in one of six phrasings. A seeded ~15% of the 200
+Prompts ask ``a + b`` or ``a - b`` with ``a, b`` in 0..9 in one of six phrasings (and, in the tool world of
+``tools_world.py``, ``a * b`` with three- and two-digit numbers, for a model with a calculator). A seeded ~15% of the 200
 ``(a, op, b)`` combinations is held out: those never appear in training data and form a marked part of the eval
 prompts, so an eval can tell memorisation from arithmetic.
 
@@ -31,6 +32,7 @@ Files written by ``build_world`` (JSONL, one record a line, deterministic given 
     prompts_eval.jsonl    {"prompt", "answer", "held_out"}      every held-out combo once, then in-distribution
     sft_eval.jsonl        {"prompt", "response"}                held-out records like sft.jsonl (perplexity)
     teacher.jsonl         {"prompt", "response"}                curated: always correct and polite (the teacher's data)
+    tools_*.jsonl         the tool world (tools_world.py): tool-use transcripts, RL and held-out eval prompts
     world.json            seed, sizes, label_noise and the held-out combinations
 """
 
@@ -99,7 +101,7 @@ _ANSWER_RE = re.compile(
     r"(?:=|\banswer is\b|\bobviously\b)[\s:,]*(-?\d+)(?!\d|\.\d|\s*(?:[-+*/=]|plus\b|minus\b))",
     re.IGNORECASE,
 )
-_PROMPT_RE = re.compile(r"(\d+)\s*(\+|-|plus\b|minus\b)\s*(\d+)", re.IGNORECASE)
+_PROMPT_RE = re.compile(r"(\d+)\s*(\+|-|\*|plus\b|minus\b|times\b)\s*(\d+)", re.IGNORECASE)
 
 
 # ---------------------------------------------------------------------------------------------- the gold judge
@@ -131,15 +133,15 @@ def parse_prompt(prompt: str) -> Combo:
     """
     matches = _PROMPT_RE.findall(prompt)
     if not matches:
-        raise ValueError(f"not a demo-world prompt (no 'a + b' or 'a minus b' in it): {prompt!r}")
+        raise ValueError(f"not a demo-world prompt (no 'a + b', 'a minus b' or 'a times b' in it): {prompt!r}")
     a, op, b = matches[-1]
-    op = {"plus": "+", "minus": "-"}.get(op.lower(), op)
+    op = {"plus": "+", "minus": "-", "times": "*"}.get(op.lower(), op)
     return int(a), op, int(b)
 
 
 def solve(combo: Combo) -> int:
     a, op, b = combo
-    return a + b if op == "+" else a - b
+    return a + b if op == "+" else a * b if op == "*" else a - b
 
 
 def gold_score(prompt: str, completion: str) -> float:
@@ -221,6 +223,9 @@ class WorldSizes:
     eval_prompts: int = 200  # eval prompts; the held-out combinations come first
     sft_eval: int = 300  # held-out SFT-style records (same distribution as sft): perplexity before / after a stage
     teacher: int = 3000  # curated (prompt, response) records, always correct and polite: what the demo teacher learns
+    tools_sft: int = 2000  # tool-use transcripts (tools_world.py)
+    tools_prompts: int = 512  # RL prompts of the tool world
+    tools_eval: int = 100  # held-out tool-world problems
 
     def __post_init__(self) -> None:
         for name, value in asdict(self).items():
@@ -244,6 +249,9 @@ class WorldPaths:
     prompts_eval: Path
     sft_eval: Path
     teacher: Path
+    tools_sft: Path
+    tools_prompts: Path
+    tools_prompts_eval: Path
     meta: Path
 
     @classmethod
@@ -386,6 +394,10 @@ def build_world(out_dir: Path, seed: int = 0, sizes: WorldSizes | None = None, *
         paths.prompts_train: prompts_train,
         paths.prompts_eval: prompts_eval,
     }
+    from .tools_world import tool_files
+
+    tools = tool_files(stream, sizes.tools_sft, sizes.tools_prompts, sizes.tools_eval)
+    files.update({getattr(paths, stem): records for stem, records in tools.items()})
     for path, records in files.items():
         _write_jsonl(path, records)
     meta = {"seed": seed, "sizes": asdict(sizes), "label_noise": label_noise,

@@ -93,11 +93,13 @@ def evaluate_model(cfg, model, tokenizer, examples, rewards, reference, judge: s
     order, each with every source's score."""
     from ..rollout.core import rollout_seeds, tokenize_prompts
     from ..rollout.engines import HFEngine
+    from ..rollout.env import play_of
     from ..rollout.evaluate import answer
     from ..sampling import SamplingParams
 
     e = cfg.eval
-    kept, prompt_ids, _ = tokenize_prompts(examples, tokenizer, cfg.data, cfg.data.train)
+    play = play_of(cfg.environment, tokenizer)  # per model: the tools render through its own chat template
+    kept, prompt_ids, _ = tokenize_prompts(examples, tokenizer, cfg.data, cfg.data.train, play.tools)
     if len(kept) != len(examples):
         raise ValueError(f"{cfg.data.train}: {len(examples) - len(kept)} prompts are longer than data.max_length = "
                          f"{cfg.data.max_length} for this model's tokenizer; every model must answer the same prompts")
@@ -106,13 +108,17 @@ def evaluate_model(cfg, model, tokenizer, examples, rewards, reference, judge: s
     rows, gens_all = [], []
     for k in range(e.samples):  # sample k of every prompt is seeded alike for every model
         seeds = rollout_seeds(e.seed, k, 0, len(examples)) if e.temperature > 0 else None
-        gens, total, parts = answer(engine, model, examples, prompt_ids, rewards, params, seeds=seeds)
+        episodes, total, parts = answer(engine, model, examples, prompt_ids, rewards, params, seeds=seeds, play=play)
+        gens = [x.generation for x in episodes]
         gens_all.append(gens)
-        for i, g in enumerate(gens):
-            rows.append((i, k, {"prompt": examples[i].prompt[-1].content, "sample": k, "response": g.text,
-                                "response_tokens": len(g.response_ids), "eos": bool(g.finished),
+        for i, (g, x) in enumerate(zip(gens, episodes)):
+            rows.append((i, k, {"prompt": examples[i].prompt[-1].content, "sample": k, "response": x.text,
+                                "response_tokens": sum(g.mask) if g.mask else len(g.response_ids), "eos": bool(g.finished),
                                 "total": total[i].item(), **{label: v[i].item() for label, v in parts.items()},
-                                **({e.group_by: examples[i].fields.get(e.group_by)} if e.group_by else {})}))
+                                **({e.group_by: examples[i].fields.get(e.group_by)} if e.group_by else {}),
+                                **({"transcript": tokenizer.decode(g.response_ids), "turns": x.turns,
+                                    "tool_calls": x.state.get("tool_calls", 0),
+                                    "tool_errors": x.state.get("tool_errors", 0)} if play.multi_turn else {})}))
     rows = [r for _, _, r in sorted(rows, key=lambda t: (t[0], t[1]))]
     texts = [r["response"] for r in rows]
     out: dict[str, Any] = {}
@@ -131,6 +137,10 @@ def evaluate_model(cfg, model, tokenizer, examples, rewards, reference, judge: s
         if e.samples > 1:
             out[f"pass@{e.samples}"] = pass_at_k_mean(solved, e.samples)
             out[f"mean@{e.samples}"] = out[judge]["mean"]
+    if play.multi_turn:  # episodes in an environment: how the model used its tools
+        out["tool_call_rate"] = fmean(float(r["tool_calls"] > 0) for r in rows)
+        out["tool_error_rate"] = sum(r["tool_errors"] for r in rows) / max(sum(r["tool_calls"] for r in rows), 1)
+        out["turns"] = fmean(r["turns"] for r in rows)
     out["response_tokens"] = fmean(r["response_tokens"] for r in rows)
     out["eos_rate"] = fmean(float(r["eos"]) for r in rows)
     out["distinct1"], out["distinct2"] = distinct_n(texts, 1), distinct_n(texts, 2)
@@ -190,6 +200,7 @@ def eval_tables(summary: dict) -> list[dict]:
     first = next(iter(models.values()))
     labels = [k for k, v in first.items() if isinstance(v, dict) and "mean" in v and k != "total"]
     extras = [k for k in ("pass@1", *(k for k in first if k.startswith(("pass@", "mean@")) and k != "pass@1"),
+                          "tool_call_rate", "tool_error_rate", "turns",
                           "kl_to_reference", "perplexity", "response_tokens", "eos_rate", "distinct2", "repetition")
               if k in first]
     columns = ["model", *(f"{label} (95% CI)" for label in labels), f"win rate vs {baseline} by {judge} (95% CI)", *extras]

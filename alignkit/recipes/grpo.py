@@ -17,6 +17,9 @@ Departures from the papers (numbered, as they matter when reading curves):
    every process, so 1 and N processes, and a resumed run, train identically.
 7. With ``sampling.correction`` the policy term is reweighted by the engine-mismatch correction (truncated or
    masked importance sampling of pi_train / pi_rollout); the KL and entropy terms are not.
+8. In an environment (``environment:``), a group is G episodes of one prompt; the score is the episode's end
+   reward plus its per-turn rewards, and every term (policy loss, KL, entropy) counts the policy's own tokens
+   only: tool results and other environment tokens are context.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from ..rollout.core import (
     chunks_of,
     collect,
     diversity,
+    episode_metrics,
     policy_logps,
     rollout_seeds,
     rows_logps,
@@ -128,7 +132,7 @@ def step_metrics(acc, r: Rollout, sums: dict, mask, keep, flat_groups, extra: di
                    ("approx_kl", "approx_kl"))},
                "entropy": totals["entropy"] / n_tokens, "ratio/mean": totals["ratio"] / n_tokens,
                "length/mean": r.lengths.float().mean().item(), "eos_rate/train": r.batch.finished.float().mean().item(),
-               **extra}
+               **episode_metrics(r), **extra}
     for key, name in (("kl", "kl/per_token"), ("mismatch_kl", "mismatch/kl"), ("corrected", "mismatch/corrected_frac")):
         if key in totals:
             metrics[name] = totals[key] / n_tokens
@@ -157,7 +161,7 @@ def train(cfg: GRPOConfig, resume: str | bool | None = None) -> dict:
         rows = [i for i in idx for _ in range(g)]
         r = collect(acc, s.engine, s.policy, [train_examples[i] for i in rows], [prompt_ids[i] for i in rows],
                     rollout_seeds(cfg.train.seed, step, acc.process_index * len(rows), len(rows)),
-                    sampling_params(cfg.sampling), s.rewards, cfg.grpo.missing_eos_penalty)
+                    sampling_params(cfg.sampling), s.rewards, cfg.grpo.missing_eos_penalty, s.play)
 
         # 2. group-relative advantages over the whole batch; rows that get no gradient (dropped groups, truncations)
         clock = time.time()
@@ -189,7 +193,8 @@ def train(cfg: GRPOConfig, resume: str | bool | None = None) -> dict:
                 "speed/tokens_per_s": tokens_total / max(time.time() - train_clock, 1e-9)}))
             bar.set_postfix(reward=f"{r.score.mean().item():.3f}")
         if (cfg.run.sample_every and step % cfg.run.sample_every == 0) or step == steps:
-            run.log.add_samples(step, [{"prompt": r.examples[i].prompt[-1].content, "response": r.texts[i],
+            run.log.add_samples(step, [{"prompt": r.examples[i].prompt[-1].content,
+                                        "response": r.transcripts[i] if r.transcripts else r.texts[i],
                                         "reward": r.score[i].item()} for i in range(r.local.start, r.local.stop)][: cfg.run.num_samples])
         if cfg.run.eval_every and step % cfg.run.eval_every == 0 and step != steps:
             run.log.log(step, s.evaluate(cfg))

@@ -21,6 +21,9 @@ Departures from InstructGPT / Ziegler et al.:
    1 and N processes, and a resumed run, train identically (tested).
 6. With ``sampling.correction`` the policy term is reweighted by the engine-mismatch correction (truncated or
    masked importance sampling of pi_train / pi_rollout); the value loss and KL penalty are not.
+7. In an environment (``environment:``), the critic values the policy's own tokens only and GAE steps from one
+   policy token to the next across the environment's replies (context, not actions); an environment's per-turn
+   rewards land on each turn's last token, its end reward (with the reward sources') on the episode's last.
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ from ..rollout.core import (
     chunks_of,
     collect,
     diversity,
+    episode_metrics,
     gather_rows,
     policy_logps,
     rollout_seeds,
@@ -128,7 +132,7 @@ def shaped_scores(cfg: PPOConfig, r: Rollout, moments: RunningMoments) -> torch.
     """The whole batch's sequence scores as PPO optimises them: the rollout's score (reward sources less the
     no-EOS penalty), less the length penalty, normalised, clipped. (B,)"""
     p = cfg.ppo
-    scores = r.score - p.length_penalty * r.lengths.float()
+    scores = r.end_score - p.length_penalty * r.lengths.float()
     if p.reward_norm == "running":
         moments.update(scores)
         scores = moments.normalise(scores)
@@ -214,7 +218,7 @@ def step_metrics(acc, cfg: PPOConfig, r: Rollout, sums: dict, glob: dict, scores
         "advantage/std": masked_mean((advantages - adv_mean) ** 2, mask).sqrt().item(),
         "length/mean": r.lengths.float().mean().item(), "eos_rate/train": r.batch.finished.float().mean().item(),
         "grad_norm/critic": glob["grad_norm/critic"],
-        **{f"mismatch/{k}": masked_mean(v, mask).item() for k, v in mismatch.items()}, **extra}
+        **{f"mismatch/{k}": masked_mean(v, mask).item() for k, v in mismatch.items()}, **episode_metrics(r), **extra}
     if "entropy" in totals:  # the actor trained this step (not in the critic's warm-up)
         metrics.update({"loss/policy": glob["policy_loss"] / glob["updates"], "entropy": totals["entropy"] / n_tokens,
                         "policy/clipfrac": totals["clipfrac"] / n_tokens,
@@ -246,7 +250,7 @@ def train(cfg: PPOConfig, resume: str | bool | None = None) -> dict:
                            acc.num_processes)[0]
         r = collect(acc, s.engine, s.policy, [train_examples[i] for i in idx], [prompt_ids[i] for i in idx],
                     rollout_seeds(cfg.train.seed, step, acc.process_index * len(idx), len(idx)),
-                    sampling_params(sampling), s.rewards, p.missing_eos_penalty)
+                    sampling_params(sampling), s.rewards, p.missing_eos_penalty, s.play)
         mask = r.batch.response_mask.float() * (r.batch.finished.unsqueeze(-1) if p.mask_truncated else 1)
 
         # 2. score: shaped sequence scores; old log-probs, reference log-probs and values (this process's rows, gathered)
@@ -264,6 +268,8 @@ def train(cfg: PPOConfig, resume: str | bool | None = None) -> dict:
         # 3. advantages over the whole batch: KL-shaped per-token rewards, GAE, whitening
         kl = kl_estimate(old_logps, ref_logps, p.kl_estimator) * mask
         token_rewards = kl_shaped_rewards(scores, kl, mask, 0.0 if p.kl_in_loss else kl_coef)
+        if r.turn_rewards is not None:  # an environment's per-turn rewards, on each turn's last token
+            token_rewards = token_rewards + r.turn_rewards * mask
         advantages, returns = gae(token_rewards, old_values, mask, p.gamma, p.lam)
         if p.whiten_advantages:
             advantages = masked_whiten(advantages, mask)
@@ -287,7 +293,8 @@ def train(cfg: PPOConfig, resume: str | bool | None = None) -> dict:
                 "lr": s.schedulers[0].get_last_lr()[0]}))
             bar.set_postfix(score=f"{scores.mean().item():.3f}", kl=f"{kl.sum(-1).mean().item():.2f}")
         if (cfg.run.sample_every and step % cfg.run.sample_every == 0) or step == steps:
-            run.log.add_samples(step, [{"prompt": r.examples[i].prompt[-1].content, "response": r.texts[i],
+            run.log.add_samples(step, [{"prompt": r.examples[i].prompt[-1].content,
+                                        "response": r.transcripts[i] if r.transcripts else r.texts[i],
                                         "score": scores[i].item(), "kl": kl[i].sum().item()}
                                        for i in range(r.local.start, r.local.stop)][: cfg.run.num_samples])
         if cfg.run.eval_every and step % cfg.run.eval_every == 0 and step != steps:

@@ -22,6 +22,8 @@ from ..data.templates import tokenize_prompt
 from ..ops import response_logps
 from ..rewards import RewardSet, fields_of
 from ..sampling import SamplingParams, rollout_batch
+from .env import Environment, Play
+from .episodes import Episode, run_episodes
 
 
 @dataclass(frozen=True)
@@ -30,8 +32,10 @@ class Rollout:
 
     Token tensors live in ``batch`` (P prompt width, R response width):
       batch.input_ids (B, P + R) [left-padded prompt | right-padded response]; batch.attention_mask (B, P + R);
-      batch.position_ids (B, P + R); batch.response_mask (B, R) 1 on response tokens, EOS included;
+      batch.position_ids (B, P + R); batch.response_mask (B, R) 1 on the policy's tokens, EOS included;
       batch.finished (B,) the response ended with a stop token (False: cut at max_new_tokens).
+    A multi-turn episode's "response" is every token after the prompt: the policy's turns (mask 1) and the
+    environment's replies between them (mask 0), see episodes.py.
     """
 
     batch: RolloutBatch
@@ -39,14 +43,21 @@ class Rollout:
     rewards: dict[str, Tensor]  # source label -> (B,) raw score of that reward source
     total: Tensor  # (B,) the reward sources' weighted sum
     penalty: Tensor  # (B,) subtracted from total: missing_eos_penalty where the response has no stop token
-    texts: tuple[str, ...]  # (B,) decoded responses
+    texts: tuple[str, ...]  # (B,) decoded responses (an episode's last assistant turn)
     examples: tuple  # (B,) the prompt records
     local: slice  # this process's rows
     seconds: dict[str, float]  # wall time of this process's "generate" and "score" phases
+    turn_rewards: Tensor | None = None  # (B, R) an environment's per-turn rewards at each turn's last token
+    episodes: dict[str, Tensor] | None = None  # (B,) per episode: turns, tool_calls, tool_errors
+    transcripts: tuple[str, ...] = ()  # (B,) every turn after the prompt, decoded (multi-turn episodes)
 
     @property
-    def score(self) -> Tensor:  # (B,) what the policy is trained to raise: total - penalty
+    def end_score(self) -> Tensor:  # (B,) the reward at the episode's end: total - penalty
         return self.total - self.penalty
+
+    @property
+    def score(self) -> Tensor:  # (B,) what the policy is trained to raise: the end score plus any per-turn rewards
+        return self.end_score if self.turn_rewards is None else self.end_score + self.turn_rewards.sum(-1)
 
     @property
     def lengths(self) -> Tensor:  # (B,) response tokens
@@ -63,16 +74,18 @@ class PromptReport:
         return f"{name}: {self.kept} prompts kept, {self.truncated} truncated (from the left), {self.dropped} dropped as over-length"
 
 
-def tokenize_prompts(examples: Sequence, tokenizer, data: DataConfig, name: str) -> tuple[list, list[list[int]], PromptReport]:
+def tokenize_prompts(examples: Sequence, tokenizer, data: DataConfig, name: str, tools: list[dict] | None = None
+                     ) -> tuple[list, list[list[int]], PromptReport]:
     """Prompt token ids under ``data.overlong``: truncate keeps the LAST max_length tokens (the question a prompt
-    ends with, and the generation prompt, matter most), drop leaves the prompt out. Returns (kept examples, ids,
-    report); an empty result is an error."""
+    ends with, and the generation prompt, matter most), drop leaves the prompt out. ``tools``: the environment's
+    tool schemas, rendered by the chat template. Returns (kept examples, ids, report); an empty result is an
+    error."""
     from ..data.formats import DataError
 
     kept, ids, truncated, dropped = [], [], 0, 0
     drop = data.overlong == "drop"
     for example in examples:
-        tokens = tokenize_prompt(tokenizer, example.prompt)
+        tokens = tokenize_prompt(tokenizer, example.prompt, tools)
         if len(tokens) > data.max_length:
             if drop:
                 dropped += 1
@@ -120,14 +133,18 @@ def chunks_of(rows: Sequence[int], size: int) -> list[list[int]]:
 
 
 def collect(acc, engine, model, examples: Sequence, prompt_ids: Sequence[Sequence[int]], seeds: Sequence[int],
-            params: SamplingParams, rewards: RewardSet, missing_eos_penalty: float = 0.0) -> Rollout:
-    """Sample this process's prompts with ``engine`` (one seed per row), score them with every reward source, and
-    gather the whole batch: prompts -> ``Rollout`` on every process. ``examples`` / ``prompt_ids``: this process's
-    rows (a GRPO group's G copies contiguous)."""
+            params: SamplingParams, rewards: RewardSet, missing_eos_penalty: float = 0.0, play: Play | None = None
+            ) -> Rollout:
+    """Play this process's prompts as episodes (``play``: an environment and its limits, one seed per row;
+    default single-turn, one response per prompt), score them with every reward source and the environment's own
+    reward, and gather the whole batch: prompts -> ``Rollout`` on every process. ``examples`` / ``prompt_ids``:
+    this process's rows (a GRPO group's G copies contiguous)."""
+    play = play or Play()
     clock = time.time()
-    gens = engine.generate(model, prompt_ids, params, seeds)
+    episodes = run_episodes(engine, model, play, examples, prompt_ids, params, seeds)
+    gens = [e.generation for e in episodes]
     seconds = {"generate": time.time() - clock}
-    total, parts = rewards([e.prompt for e in examples], [g.text for g in gens], fields_of(examples))
+    total, parts = score_episodes(rewards, play.env, examples, episodes)
     seconds["score"] = time.time() - clock - seconds["generate"]
     everyone = gather_list(acc, gens)
     batch = rollout_batch(everyone, engine.tokenizer.pad_token_id).to(acc.device)
@@ -137,11 +154,61 @@ def collect(acc, engine, model, examples: Sequence, prompt_ids: Sequence[Sequenc
             sample_logps[row, : len(g.logps)] = torch.tensor(g.logps)
     total = gather_rows(acc, total.to(acc.device).float())
     first = acc.process_index * len(gens)
+    turn_rewards, stats, transcripts = None, None, ()
+    if play.multi_turn:  # per-turn rewards, episode counts and transcripts only where turns can be more than one
+        placed = gather_list(acc, [(e.turn_ends, e.turn_rewards) for e in episodes])
+        turn_rewards = torch.zeros(batch.response_mask.shape)
+        for row, (ends, values) in enumerate(placed):
+            for end, value in zip(ends, values):
+                turn_rewards[row, end] += value
+        turn_rewards = turn_rewards.to(acc.device)
+        counts = torch.tensor([[e.turns, e.state.get("tool_calls", 0), e.state.get("tool_errors", 0)] for e in episodes],
+                              dtype=torch.float32)
+        counts = gather_rows(acc, counts.to(acc.device))
+        stats = {"turns": counts[:, 0], "tool_calls": counts[:, 1], "tool_errors": counts[:, 2]}
+        transcripts = tuple(gather_list(acc, [engine.tokenizer.decode(g.response_ids) for g in gens]))
     return Rollout(batch=batch, sample_logps=sample_logps.to(acc.device),
                    rewards={k: gather_rows(acc, v.to(acc.device).float()) for k, v in parts.items()}, total=total,
                    penalty=missing_eos_penalty * (~batch.finished).float(), texts=tuple(g.text for g in everyone),
                    examples=tuple(gather_list(acc, list(examples))), local=slice(first, first + len(gens)),
-                   seconds=seconds)
+                   seconds=seconds, turn_rewards=turn_rewards, episodes=stats, transcripts=transcripts)
+
+
+def score_episodes(rewards: RewardSet, env: Environment, examples: Sequence, episodes: Sequence[Episode]
+                   ) -> tuple[Tensor, dict[str, Tensor]]:
+    """Every reward source on each episode's last assistant turn, plus the environment's own end reward (the
+    source "environment", when it gives one): ((N,) weighted total, label -> (N,) scores)."""
+    total, parts = rewards([e.prompt for e in examples], [e.text for e in episodes], fields_of(examples))
+    own = [env_reward(env, e, x) for e, x in zip(episodes, examples)]
+    if any(v is not None for v in own):
+        parts["environment"] = torch.tensor([v or 0.0 for v in own])
+        total = total + parts["environment"]
+    return total, parts
+
+
+def env_reward(env: Environment, episode: Episode, example) -> float | None:
+    """The environment's own score of a finished episode (None when it gives none), checked to be a finite
+    number, naming the environment when not."""
+    import math
+
+    score = getattr(env, "reward", None)  # optional on a duck-typed environment
+    value = score([*(m.as_dict() for m in example.prompt), *episode.messages], episode.state) if score else None
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"environment {type(env).__name__}.reward returned {value!r}; expected a finite float or None")
+    return float(value)
+
+
+def episode_metrics(r: Rollout) -> dict[str, float]:
+    """The step's multi-turn figures: turns per episode, the share of episodes calling a tool, tool calls and the
+    share of them that failed (an error message back to the model)."""
+    if r.episodes is None:
+        return {}
+    calls = r.episodes["tool_calls"]
+    return {"episode/turns": r.episodes["turns"].mean().item(), "episode/finished": r.batch.finished.float().mean().item(),
+            "tools/call_rate": (calls > 0).float().mean().item(), "tools/calls": calls.mean().item(),
+            "tools/error_rate": (r.episodes["tool_errors"].sum() / calls.sum().clamp(min=1)).item()}
 
 
 def diversity(texts: Sequence[str]) -> dict[str, float]:

@@ -12,13 +12,18 @@ import torch
 
 from ..rewards import RewardSet, fields_of
 from ..sampling import SamplingParams
+from .env import Play
+from .episodes import run_episodes
 
 
 @torch.no_grad()
 def evaluate_policy(engine, model, examples: Sequence, prompt_ids: Sequence[Sequence[int]], rewards: RewardSet,
                     params: SamplingParams, extra: RewardSet | None = None, split_field: str | None = None,
-                    seeds: Sequence[int] | None = None) -> tuple[dict[str, float], list[dict[str, Any]]]:
-    """Generate once per prompt and score; returns (metrics, one row per prompt).
+                    seeds: Sequence[int] | None = None, play: Play | None = None
+                    ) -> tuple[dict[str, float], list[dict[str, Any]]]:
+    """Play one episode per prompt (``play``; default single-turn: one answer) and score; returns (metrics, one
+    row per prompt). Multi-turn episodes add ``tools/call_rate``, ``tools/error_rate`` and ``episode/turns``, and
+    each row its ``transcript``.
 
     metrics: ``total`` (the weighted sum of ``rewards``), each source's mean by its label (``extra``'s sources
     too, never in the total: e.g. a held-out judge), ``eos_rate`` (responses that ended with a stop token),
@@ -27,11 +32,17 @@ def evaluate_policy(engine, model, examples: Sequence, prompt_ids: Sequence[Sequ
     """
     if not examples:
         return {}, []
-    gens, total, parts = answer(engine, model, examples, prompt_ids, rewards, params, extra, seeds)
-    prompts, texts = [e.prompt for e in examples], [g.text for g in gens]
+    episodes, total, parts = answer(engine, model, examples, prompt_ids, rewards, params, extra, seeds, play)
+    gens = [e.generation for e in episodes]
+    prompts, texts = [e.prompt for e in examples], [e.text for e in episodes]
     metrics = {"total": total.mean().item(), **{k: v.mean().item() for k, v in parts.items()},
                "eos_rate": fmean(float(g.finished) for g in gens),
-               "response_tokens": fmean(len(g.response_ids) for g in gens)}
+               "response_tokens": fmean(sum(g.mask) if g.mask else len(g.response_ids) for g in gens)}
+    if play is not None and play.multi_turn:
+        calls = [e.state.get("tool_calls", 0) for e in episodes]
+        metrics.update({"episode/turns": fmean(e.turns for e in episodes),
+                        "tools/call_rate": fmean(float(c > 0) for c in calls),
+                        "tools/error_rate": sum(e.state.get("tool_errors", 0) for e in episodes) / max(sum(calls), 1)})
     if split_field:
         sides = torch.tensor([bool(e.fields.get(split_field)) for e in examples])
         for label, values in parts.items():
@@ -40,21 +51,27 @@ def evaluate_policy(engine, model, examples: Sequence, prompt_ids: Sequence[Sequ
                     metrics[f"{label}[{split_field}={str(flag).lower()}]"] = values[sides == flag].mean().item()
     rows = [{"prompt": p[-1].content, "response": t, "total": total[i].item(), **{k: v[i].item() for k, v in parts.items()}}
             for i, (p, t) in enumerate(zip(prompts, texts))]
+    if play is not None and play.multi_turn:
+        for row, g in zip(rows, gens):
+            row["transcript"] = engine.tokenizer.decode(g.response_ids)
     return metrics, rows
 
 
 @torch.no_grad()
 def answer(engine, model, examples: Sequence, prompt_ids: Sequence[Sequence[int]], rewards: RewardSet,
-           params: SamplingParams, extra: RewardSet | None = None, seeds: Sequence[int] | None = None
-           ) -> tuple[list, torch.Tensor, dict[str, torch.Tensor]]:
-    """One answer per prompt from the engine, scored: (generations, (N,) weighted total of ``rewards``, source
-    label -> (N,) scores, ``extra``'s sources included but never in the total)."""
-    gens = engine.generate(model, prompt_ids, params, seeds)
-    prompts, texts, fields = [e.prompt for e in examples], [g.text for g in gens], fields_of(examples)
-    total, parts = rewards(prompts, texts, fields)
+           params: SamplingParams, extra: RewardSet | None = None, seeds: Sequence[int] | None = None,
+           play: Play | None = None) -> tuple[list, torch.Tensor, dict[str, torch.Tensor]]:
+    """One episode per prompt (one answer, single-turn), scored: (episodes, (N,) weighted total of ``rewards``
+    and the environment's reward, source label -> (N,) scores, ``extra``'s sources included but never in the
+    total)."""
+    from .core import score_episodes
+
+    play = play or Play()
+    episodes = run_episodes(engine, model, play, examples, prompt_ids, params, seeds)
+    total, parts = score_episodes(rewards, play.env, examples, episodes)
     if extra is not None:
-        parts.update(extra(prompts, texts, fields)[1])
-    return gens, total, parts
+        parts.update(extra([e.prompt for e in examples], [e.text for e in episodes], fields_of(examples))[1])
+    return episodes, total, parts
 
 
 EVAL_SEED_STEP = 10**9  # eval answers draw from their own seed stream, the same at every eval of a run
@@ -62,7 +79,7 @@ EVAL_SEED_STEP = 10**9  # eval answers draw from their own seed stream, the same
 
 def eval_metrics(engine, model, examples: Sequence, prompt_ids: Sequence[Sequence[int]], rewards: RewardSet,
                  max_new_tokens: int, extra: RewardSet | None = None, temperature: float = 0.0, samples: int = 1,
-                 seed: int = 0) -> dict[str, float]:
+                 seed: int = 0, play: Play | None = None) -> dict[str, float]:
     """The RL recipes' periodic eval, as logged: ``reward_eval/<total | label>``, ``length/eval``,
     ``eos_rate/eval``. Greedy answers by default; with ``temperature`` > 0, ``samples`` seeded answers per prompt
     (the same seeds at every eval, so two evals differ by the model only) and their mean figures. Every process
@@ -74,10 +91,13 @@ def eval_metrics(engine, model, examples: Sequence, prompt_ids: Sequence[Sequenc
         seeds = rollout_seeds(seed, EVAL_SEED_STEP + k, 0, len(examples)) if temperature > 0 else None
         metrics, _ = evaluate_policy(engine, model, examples, prompt_ids, rewards,
                                      SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature), extra,
-                                     seeds=seeds)
+                                     seeds=seeds, play=play)
         runs.append(metrics)
     if not runs[0]:
         return {}
     metrics = {key: fmean(m[key] for m in runs) for key in runs[0]}
     length, eos = metrics.pop("response_tokens"), metrics.pop("eos_rate")
-    return {**{f"reward_eval/{k}": v for k, v in metrics.items()}, "length/eval": length, "eos_rate/eval": eos}
+    episodes = {k.replace("/", "_eval/", 1): metrics.pop(k)  # tools_eval/call_rate, episode_eval/turns
+                for k in [k for k in metrics if k.startswith(("tools/", "episode/"))]}
+    return {**{f"reward_eval/{k}": v for k, v in metrics.items()}, "length/eval": length, "eos_rate/eval": eos,
+            **episodes}

@@ -3,7 +3,7 @@ tokenized prompt data, and (after the recipe has prepared its trained models) th
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from ..data.cache import cached
@@ -12,6 +12,7 @@ from ..models import count_parameters, disable_dropout, load_causal_lm, load_ref
 from ..rewards import RewardSet
 from .core import tokenize_prompts
 from .engines import engine_name, make_engine
+from .env import Environment, Play, play_of
 from .evaluate import eval_metrics
 
 
@@ -29,6 +30,7 @@ class RLSetup:
     train: tuple[list, list[list[int]]]  # (prompt records, prompt token ids)
     eval: tuple[list, list[list[int]]]
     prompts: dict[str, int]  # the train prompts' report: kept, truncated, dropped
+    play: Play = field(default_factory=Play)  # the environment episodes are played in (single-turn by default)
     parameters: tuple[int, int] = (0, 0)  # the policy's (trainable, total)
     engine: Any = None
 
@@ -48,7 +50,8 @@ class RLSetup:
         every source (``reward_eval/*``, ``length/eval``...)."""
         s = cfg.sampling
         return eval_metrics(self.engine, self.policy, *self.eval, self.rewards, s.max_new_tokens, self.eval_only,
-                            temperature=s.eval_temperature, samples=s.eval_samples, seed=cfg.train.seed)
+                            temperature=s.eval_temperature, samples=s.eval_samples, seed=cfg.train.seed,
+                            play=self.play)
 
 
 def load_rl(run, cfg, with_reference: bool, reference_path: str | None = None) -> RLSetup:
@@ -63,12 +66,41 @@ def load_rl(run, cfg, with_reference: bool, reference_path: str | None = None) -
     policy.train()
     reference = (load_reference(cfg.model, reference_path, policy, tokenizer, acc.device, acc.autocast)
                  if with_reference else None)
+    play = play_of(cfg.environment, tokenizer) if hasattr(cfg, "environment") else Play()
     rewards = RewardSet(cfg.rewards, acc.device, cfg.data.max_length + cfg.sampling.max_new_tokens, acc.autocast,
-                        policy=(policy, tokenizer))
+                        policy=(policy, tokenizer), scored_elsewhere=callable(getattr(play.env, "reward", None))
+                        and type(play.env).reward is not Environment.reward)
     eval_only = RewardSet(cfg.eval_rewards, acc.device, autocast=acc.autocast) if cfg.eval_rewards else None
-    train_examples, eval_examples = load_split(cfg.data, "prompt", cfg.train.seed)
-    train_examples, prompt_ids, report = cached(tokenize_prompts, train_examples, tokenizer, cfg.data, "train")
-    eval_examples, eval_ids, _ = cached(tokenize_prompts, eval_examples, tokenizer, cfg.data, "eval")
+    train_examples, eval_examples = prompt_split(cfg.data, play.env, cfg.train.seed)
+    train_examples, prompt_ids, report = cached(tokenize_prompts, train_examples, tokenizer, cfg.data, "train",
+                                                tools=play.tools)
+    eval_examples, eval_ids, _ = cached(tokenize_prompts, eval_examples, tokenizer, cfg.data, "eval", tools=play.tools)
     run.print(report.describe("train"))
     return RLSetup(acc, tokenizer, policy, reference, rewards, eval_only, (train_examples, prompt_ids),
-                   (eval_examples, eval_ids), report.__dict__)
+                   (eval_examples, eval_ids), report.__dict__, play)
+
+
+ENVIRONMENT_DATA = "environment"  # data.train / data.eval: the records the environment carries
+
+
+def prompt_split(data, env, seed: int) -> tuple[list, list]:
+    """Train and eval prompts: from ``data`` as usual, or, where ``data.train`` / ``data.eval`` is
+    ``environment``, the environment's own records (``Environment.records``), converted like a prompt file's."""
+    if ENVIRONMENT_DATA not in (data.train, data.eval):
+        return load_split(data, "prompt", seed)
+    from ..data.formats import FORMATS, DataError
+    from ..data.loading import train_eval_split
+
+    def records(split: str) -> list:
+        rows = env.records(split) if hasattr(env, "records") else None
+        if rows is None:
+            raise DataError(f"data.{split} = environment, but {type(env).__name__} carries no {split} records "
+                            "(Environment.records)")
+        return [FORMATS["prompt"]["prompt"](row, f"{type(env).__name__} {split} record {i}") for i, row in enumerate(rows)]
+
+    train = records("train") if data.train == ENVIRONMENT_DATA else load_split(data, "prompt", seed)[0]
+    if data.eval == ENVIRONMENT_DATA:
+        return train, records("eval")
+    if data.eval:
+        return train, load_split(data, "prompt", seed)[1]
+    return train_eval_split(train, data.eval_fraction, seed)
