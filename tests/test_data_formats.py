@@ -115,7 +115,7 @@ def _dialogue(*items: dict) -> dict:
 
 
 def test_bad_role():
-    with fails(f'{W}: field "messages[2].role" is "bot", expected one of system, user, assistant'):
+    with fails(f'{W}: field "messages[2].role" is "bot", expected one of system, user, assistant, tool'):
         to_messages(_dialogue({"role": "bot", "content": "x"}), W)
 
 
