@@ -120,7 +120,7 @@ class GRPOSection(Section):
     sapo_tau_neg: float = Field(1.05, gt=0, description="sapo: gate temperature for negative advantages")
     num_iterations: int = Field(1, ge=1, description="mu: policy updates per rollout batch; with 1, old log-probs are the current ones (no extra forward)")
     micro_batch_size: int = Field(16, ge=1, description="sequences per forward / backward on each process (memory knob; does not change the result)")
-    loss_aggregation: Literal["token_mean", "seq_mean_token_mean", "seq_mean_token_sum"] | None = Field(None, description="token_mean (DAPO), seq_mean_token_mean (GRPO paper), seq_mean_token_sum (Dr.GRPO: / max_new_tokens); None = seq_mean_token_mean for sequence ratios (GSPO's gradient), token_mean otherwise")
+    loss_aggregation: Literal["token_mean", "seq_mean_token_mean", "seq_mean_token_sum"] | None = Field(None, description="token_mean (DAPO), seq_mean_token_mean (GRPO paper), seq_mean_token_sum (Dr.GRPO: / the token budget, max_new_tokens; in an environment an episode's, environment.max_tokens or max_turns x max_new_tokens); None = seq_mean_token_mean for sequence ratios (GSPO's gradient), token_mean otherwise")
     beta: float = Field(0.0, ge=0, description="KL-to-reference loss coefficient (k3 estimator); 0 = no reference model loaded")
     kl_estimator: Literal["k2", "k3"] = Field("k3", description="per-token KL estimator of the KL loss (k1 is refused: as a loss term its expected gradient is zero)")
     entropy_coef: float = Field(0.0, ge=0, description="entropy bonus coefficient")

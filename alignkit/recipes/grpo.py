@@ -83,7 +83,7 @@ def update(run, step: int, cfg: GRPOConfig, s: Setup, r: Rollout, advantages, ma
     averaged over the mu passes) and the last gradient norm."""
     acc, mu, temperature, model, sampling = run.accelerator, cfg.grpo.num_iterations, cfg.sampling.temperature, s.policy, cfg.sampling
     denominator = acc.reduce(step_denominator([mask[c] for c in chunks], cfg.grpo.aggregation,
-                                              cfg.sampling.max_new_tokens).to(acc.device), "sum")
+                                              s.play.token_budget(cfg.sampling.max_new_tokens)).to(acc.device), "sum")
     sums: dict[str, torch.Tensor] = {}
     for _ in range(mu):
         pass_loss = torch.zeros((), device=acc.device)

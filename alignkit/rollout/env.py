@@ -103,6 +103,10 @@ class Play:
     def tools(self) -> list[dict] | None:
         return tool_schemas(self.env)
 
+    def token_budget(self, max_new_tokens: int) -> int:
+        """The most tokens an episode can hold after its prompt: one turn's budget, or the episode's."""
+        return self.max_tokens or self.max_turns * max_new_tokens
+
 
 def play_of(section, tokenizer) -> Play:
     """The ``Play`` of a recipe's ``environment:`` section (single-turn when it names nothing)."""

@@ -78,7 +78,7 @@ def run_episodes(engine, model, play: Play, examples: Sequence, prompt_ids: Sequ
     tokenizer, env, max_turns = engine.tokenizer, play.env, play.max_turns
     turn_reward = getattr(env, "turn_reward", None)  # optional on a duck-typed environment
     tools = play.tools
-    budget = play.max_tokens or max_turns * params.max_new_tokens
+    budget = play.token_budget(params.max_new_tokens)
     n = len(prompt_ids)
     states = [env.setup(e) for e in examples]
     history: list[list[dict]] = [[m.as_dict() for m in e.prompt] for e in examples]
