@@ -9,7 +9,8 @@ advantage per sequence that the policy loss broadcasts over its tokens; ``ADVANT
 (B,) bool marks the rows that will get a gradient (None: all); only batch-level statistics use it (REINFORCE++'s
 std), since a dropped row is not part of the batch being normalised. Callers pass the whole batch (every process's
 rows, gathered), so batch statistics are global.
-GAE (PPO) is per token and takes the critic's values.
+GAE (PPO) is per token and takes the critic's values; so is ``process_advantages`` (GRPO with process supervision),
+which takes a process reward model's step scores at the tokens where the steps end.
 """
 
 from __future__ import annotations
@@ -77,6 +78,29 @@ def zero_spread_groups(scores: Tensor, group_size: int, tol: float = 1e-8) -> Te
     drops them)."""
     grouped = _groups(scores, group_size)
     return (grouped.max(-1).values - grouped.min(-1).values) <= tol
+
+
+def process_advantages(step_rewards: Tensor, step_ends: Tensor, group_size: int, eps: float = 1e-6) -> Tensor:
+    """GRPO with process supervision (Shao et al. 2024, DeepSeekMath section 4.1.3): per-token advantages (B, T).
+
+    step_rewards: (B, T) each step's reward at the token where the step ends, 0 elsewhere; step_ends: (B, T) bool,
+    True at those tokens. Every step reward of a group (all the steps of its G responses) is normalised by the
+    group's mean and unbiased std over those steps, r~ = (r - mean) / (std + eps), and a token's advantage is the sum
+    of the normalised rewards of the steps ending at or after it: A_t = sum over steps j with end(j) >= t of r~_j.
+    Tokens after a response's last step end get 0; a group with fewer than two steps has std 0, so r - mean (= 0
+    for one step) over eps. Rows are grouped contiguously (rows 0..G-1 answer prompt 0, ...).
+    """
+    batch, width = step_rewards.shape
+    if batch % group_size:
+        raise ValueError(f"step_rewards must have a multiple of the group size {group_size} rows, got {batch}")
+    ends = step_ends.to(step_rewards.dtype).reshape(-1, group_size * width)  # one row per group
+    rewards = step_rewards.reshape(-1, group_size * width) * ends
+    count = ends.sum(-1, keepdim=True)
+    mean = rewards.sum(-1, keepdim=True) / count.clamp(min=1)
+    var = (((rewards - mean) * ends) ** 2).sum(-1, keepdim=True) / (count - 1).clamp(min=1)
+    std = torch.where(count > 1, var.sqrt(), torch.zeros_like(var))
+    normalised = ((rewards - mean) / (std + eps) * ends).reshape(batch, width)
+    return normalised.flip(-1).cumsum(-1).flip(-1)  # A_t = sum of the normalised rewards at or after t
 
 
 def gae(rewards: Tensor, values: Tensor, mask: Tensor, gamma: float = 1.0, lam: float = 0.95) -> tuple[Tensor, Tensor]:

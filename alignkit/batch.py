@@ -95,3 +95,23 @@ class RolloutBatch:
         rows = torch.as_tensor(rows, device=self.input_ids.device)
         return type(self)(self.input_ids[rows], self.attention_mask[rows], self.position_ids[rows],
                           self.response_mask[rows], self.finished[rows], self.prompt_width)
+
+
+@dataclass(frozen=True)
+class StepBatch:
+    """Solutions scored step by step (a process reward model): the head is read at each step's last token.
+
+    S = the batch's steps, every solution's in order (solution 0's steps first); ``values[step_mask.bool()]`` lists
+    them in that order, padded or packed alike, since rows keep their examples in order.
+    """
+
+    input_ids: Tensor  # (R, L) prompt + steps, each step ending with the separator; right-padded (R = B) or packed
+    attention_mask: Tensor | None  # (R, L) 1 on real tokens; None when packed (positions delimit solutions)
+    position_ids: Tensor  # (R, L) restarting at each solution
+    step_mask: Tensor  # (R, L) 1 at each step's last token (its separator), where the head is read; 0 elsewhere
+    labels: Tensor  # (S,) 1.0 where the step is correct, 0.0 where it is wrong
+    solution: Tensor  # (S,) which solution (0..B-1) each step belongs to
+    index: Tensor  # (B,) dataset row of each solution
+
+    def to(self, device: torch.device | str) -> StepBatch:
+        return type(self)(**{f.name: _move(getattr(self, f.name), device) for f in fields(self)})

@@ -12,8 +12,11 @@ import re
 import sys
 
 from .config import ConfigError, describe_fields, load_config
+from .config.llamafactory import is_llamafactory_file, load_llamafactory
+from .convert import add_convert_parser, run_convert
 from .data.formats import DataError
 from .pipeline import RECIPES
+from .scratch import ARCHITECTURES
 
 
 def _fields_help(config_cls: type) -> str:
@@ -49,6 +52,21 @@ def build_parser() -> argparse.ArgumentParser:
     _pipeline_flags(pipe, default_out=None)
     demo = sub.add_parser("demo", help="the offline showcase: the demo pipeline on the built-in arithmetic world (no downloads)")
     _pipeline_flags(demo, default_out="runs/demo")
+    add_convert_parser(sub)  # alignkit convert llamafactory FILE.yaml
+    from .data import curate  # argparse only: each data command imports its work when it runs
+
+    curate.add_parser(sub)
+    init = sub.add_parser("init", help="build a BPE tokenizer and a small model of a chosen architecture from your corpus",
+                          description="alignkit init: train a byte-level BPE on every string of CORPUS (.txt, or any "
+                                      "data file alignkit reads) and build a randomly initialised model of ARCH with "
+                                      "it, saved as a Hugging Face folder every command loads")
+    init.add_argument("corpus", help="a .txt / .jsonl / .json / .parquet / .csv file")
+    init.add_argument("--out", required=True, help="the model folder to create (must not exist, or be empty)")
+    init.add_argument("--arch", default="llama", choices=sorted(ARCHITECTURES), help="architecture (default llama)")
+    for flag, default, what in (("vocab-size", 2000, "BPE vocabulary size"), ("hidden", 128, "hidden size"),
+                                ("layers", 4, "decoder layers"), ("heads", 4, "attention heads"),
+                                ("max-positions", 256, "longest sequence, in tokens"), ("seed", 0, "initialisation seed")):
+        init.add_argument(f"--{flag}", type=int, default=default, help=f"{what} (default {default})")
     return parser
 
 
@@ -137,6 +155,19 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     cfg = None
     try:
+        if args.command == "data":
+            from .data import curate
+
+            return curate.run(args)
+        if args.command == "init":
+            from .scratch import init_model
+
+            out = init_model(args.corpus, args.out, args.arch, args.vocab_size, hidden=args.hidden, layers=args.layers,
+                             heads=args.heads, max_positions=args.max_positions, seed=args.seed)
+            print(f"alignkit init: a {args.arch} model and its tokenizer in {out}")
+            return 0
+        if args.command == "convert":
+            return run_convert(args)
         if args.command in ("pipeline", "demo"):
             from .pipeline import run_pipeline
 
@@ -149,7 +180,10 @@ def main(argv: list[str] | None = None) -> int:
         config, overrides = args.config, list(args.overrides)
         if config and "=" in config and not config.endswith((".yaml", ".yml")):
             config, overrides = None, [config, *overrides]  # only overrides were given
-        cfg = load_config(recipe.config, config, overrides)
+        if config and is_llamafactory_file(config):  # a LLaMA-Factory YAML: converted, its report on stderr
+            cfg = load_llamafactory(args.command, recipe.config, config, overrides)
+        else:
+            cfg = load_config(recipe.config, config, overrides)
         from .pipeline import resolve
 
         cfg = resolve(cfg)

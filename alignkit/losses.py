@@ -351,6 +351,21 @@ def reward_centering(rewards: Tensor, valid: Tensor | None = None) -> Tensor:
     return (total / valid.sum(-1).clamp(min=1)) ** 2
 
 
+# ------------------------------------------------------------------------------------- process reward model
+def step_bce(logits: Tensor, labels: Tensor) -> tuple[Tensor, Stats]:
+    """A process reward model's loss: binary cross-entropy of each step's correctness (Math-Shepherd, Wang et al.
+    2024, L_PRM of section 3.1; Lightman et al. 2023 train the same per-step classifier on PRM800K's labels).
+
+    logits: (S,) the head's value at each step's last token, the log-odds that the step is correct; labels: (S,)
+    1.0 for a correct step, 0.0 for a wrong one (any shape works, elementwise). loss (S,) = -(y log sigmoid(z) +
+    (1 - y) log sigmoid(-z)); every step counts alike (``aggregate`` over the step count gives the step mean).
+    Stats: accuracy (S,), 1.0 where the prediction sigmoid(z) >= 0.5 ("correct") agrees with the label.
+    """
+    loss = F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype), reduction="none")
+    predicted = (logits.detach() >= 0).to(labels.dtype)
+    return loss, {"accuracy": (predicted == labels).float()}
+
+
 # --------------------------------------------------------------------------------------------------- RRHF
 def rrhf_loss(logps: Tensor, lengths: Tensor, scores: Tensor, valid: Tensor | None = None) -> tuple[Tensor, Stats]:
     """RRHF's ranking loss (Yuan et al. 2023, eq. 2), one prompt's K responses per row.

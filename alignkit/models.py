@@ -1,4 +1,5 @@
-"""Load and save models: causal LMs from a hub id or local folder, full / LoRA / QLoRA, tokenizer alongside.
+"""Load and save models: causal LMs from a hub id or local folder, full or with a peft adapter (``adapters``),
+tokenizer alongside.
 
 Later stages add the reward model and critic here (a causal-LM backbone with a scalar head).
 """
@@ -11,9 +12,11 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
+from .adapters import add_adapter, load_adapter_folder
 from .checkpoint import atomic_dir
 from .config import ConfigError, ModelConfig
-from .data.templates import BUILTIN_TEMPLATE, ensure_chat_template
+from .config.base import ADAPTER_KNOBS, PROMPT_LEARNING
+from .data.templates import BUILTIN_TEMPLATE, RAW_TEMPLATE, ensure_chat_template
 
 REWARD_STATS = "reward_stats.json"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -67,7 +70,12 @@ def load_tokenizer(cfg: ModelConfig, padding_side: str = "right", announce=None)
         resolve_model_path(cfg.name_or_path), revision=cfg.revision, trust_remote_code=cfg.trust_remote_code
     )
     size, eos = len(tokenizer), tokenizer.eos_token
-    if ensure_chat_template(tokenizer) and announce is not None:
+    if cfg.chat_template == "none":
+        if eos is None:
+            raise ModelError(f"{cfg.name_or_path}: model.chat_template = none appends the tokenizer's EOS to each "
+                             "response, but this tokenizer has no eos_token")
+        tokenizer.chat_template = RAW_TEMPLATE  # saved with the model: later stages render the same way
+    elif ensure_chat_template(tokenizer) and announce is not None:
         announce(f"{cfg.name_or_path}: the tokenizer has no chat template; installed alignkit's built-in one "
                  f"({len(tokenizer) - size} special tokens added, EOS {eos!r} -> {tokenizer.eos_token!r}, "
                  f"vocabulary {size} -> {len(tokenizer)}); final/ is saved with it")
@@ -100,7 +108,18 @@ def _quantization_config(cfg: ModelConfig, device: torch.device, dtype: torch.dt
 def _load_kwargs(cfg: ModelConfig, device: torch.device, trainable: bool = False) -> dict:
     dtype = resolve_dtype(cfg.dtype, device, master=trainable and cfg.adapter == "none")
     kwargs = {"dtype": dtype, "revision": cfg.revision, "trust_remote_code": cfg.trust_remote_code}
+    if cfg.rope_scaling is not None:  # set on the base model's config (an adapter folder's base)
+        from .adapters import adapter_base
+        from .long_context import rope_kwargs
+
+        path = resolve_model_path(cfg.name_or_path)
+        kwargs.update(rope_kwargs(cfg, adapter_base(path) if is_adapter_folder(path) else path))
     if cfg.attn_implementation:
+        from .long_context import attention_problem, installed_modules, known_attention
+
+        problem = attention_problem(cfg.attn_implementation, device.type, installed_modules(), known_attention())
+        if problem:
+            raise ConfigError(problem)
         kwargs["attn_implementation"] = cfg.attn_implementation
     quant = _quantization_config(cfg, device, dtype)
     if quant is not None:
@@ -144,61 +163,71 @@ def _finish_loading(model, cfg: ModelConfig, tokenizer, device: torch.device):
 
 
 def load_causal_lm(cfg: ModelConfig, tokenizer, device: torch.device | None = None,
-                   with_adapter: bool = True, trainable: bool = True) -> PreTrainedModel:
-    """A causal LM on ``device`` in the configured dtype, wrapped with a fresh LoRA adapter when asked.
+                   with_adapter: bool = True, trainable: bool = True, router_aux: bool = False) -> PreTrainedModel:
+    """A causal LM on ``device`` in the configured dtype, wrapped with a fresh peft adapter when asked.
 
     The embeddings are resized when the tokenizer gained tokens (the built-in template's markers).
+    ``router_aux``: the recipe adds the MoE router's load-balancing loss to its objective (sft, dpo), so
+    ``model.router_aux_loss_coef`` acts; a trained model also gets ``model.freeze``.
     """
+    check_model_options(cfg, trainable, router_aux)
     device = device or resolve_device(cfg.device)
     kwargs = _load_kwargs(cfg, device, trainable)
     path = resolve_model_path(cfg.name_or_path)
     check_model_folder(path, "model")
     if is_adapter_folder(path):
-        model = _load_merged_adapter(path, kwargs)
+        model = _load_merged_adapter(path, kwargs, trainable)
     else:
         model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     if model.generation_config is not None:  # its eos ids are kept: sampling stops at those and the template's
         model.generation_config.pad_token_id = tokenizer.pad_token_id
     model = _finish_loading(model, cfg, tokenizer, device)
+    if trainable:
+        _moe_options(model, cfg, router_aux)
     if with_adapter and cfg.adapter != "none":
-        model = add_lora(model, cfg)
+        model = add_adapter(model, cfg)
     return model
 
 
+def check_model_options(cfg: ModelConfig, trainable: bool, router_aux: bool = False) -> None:
+    """Refuse, before loading, a knob that would do nothing to this model: another adapter's knob (configs such
+    as eval's have no INACTIVE rules for them), model.freeze on a model that is not trained, and
+    model.router_aux_loss_coef where no objective adds the router's term."""
+    stray = cfg.stray_adapter_knob()
+    if stray:
+        raise ConfigError(stray)
+    if cfg.freeze and not trainable:
+        raise ConfigError(f"model.freeze = {cfg.freeze} has no effect here: this model is not trained")
+    if cfg.router_aux_loss_coef is not None and not (trainable and router_aux):
+        why = ("this model is not trained" if not trainable else
+               "this recipe's objective has no router load-balancing term (sft and dpo add it)")
+        raise ConfigError(f"model.router_aux_loss_coef = {cfg.router_aux_loss_coef} has no effect here: {why}")
+
+
+def _moe_options(model, cfg: ModelConfig, router_aux: bool) -> None:
+    """The router load-balancing coefficient (recipes that add the term) and model.freeze, on a trained model."""
+    from .moe import freeze, set_router_aux_loss
+
+    if router_aux:
+        set_router_aux_loss(model, cfg.router_aux_loss_coef, cfg.name_or_path)
+    if cfg.freeze:
+        freeze(model, cfg.freeze, cfg.name_or_path)
+
+
 def is_adapter_folder(path: str) -> bool:
-    """A saved LoRA adapter (adapter_config.json without a full model's config.json)."""
+    """A saved peft adapter (adapter_config.json without a full model's config.json)."""
     folder = Path(path)
     return (folder / "adapter_config.json").is_file() and not (folder / "config.json").is_file()
 
 
-def _load_merged_adapter(path: str, kwargs: dict):
+def _load_merged_adapter(path: str, kwargs: dict, trainable: bool = True):
     """Load an adapter folder as a plain model: its base, with the adapter merged in.
 
-    A stage that starts from an earlier stage's LoRA output (SFT -> DPO) then trains (or adapts) that merged
-    model, instead of stacking adapters.
+    A stage that starts from an earlier stage's adapter output (SFT -> DPO) then trains (or adapts) that merged
+    model, instead of stacking adapters. A prefix (prefix / p_tuning_v2) cannot be merged: it loads as the peft
+    model for inference only, and training from it is refused (``adapters.load_adapter_folder``).
     """
-    from peft import AutoPeftModelForCausalLM
-
-    return AutoPeftModelForCausalLM.from_pretrained(path, **kwargs).merge_and_unload()
-
-
-def add_lora(model: PreTrainedModel, cfg: ModelConfig, task_type: str = "CAUSAL_LM"):
-    """Wrap ``model`` with a peft LoRA adapter (QLoRA: after preparing the 4-bit base for training).
-
-    task_type SEQ_CLS (reward models, critics) keeps the freshly initialised scalar head fully trainable.
-    """
-    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
-
-    if cfg.adapter == "qlora":
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.gradient_checkpointing)
-    elif cfg.gradient_checkpointing:
-        model.enable_input_require_grads()  # checkpointed blocks need a grad-requiring input when the base is frozen
-    targets = cfg.lora_target_modules
-    lora = LoraConfig(
-        r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout, task_type=task_type,
-        target_modules=targets if isinstance(targets, str) else list(targets),
-    )
-    return get_peft_model(model, lora)
+    return load_adapter_folder(path, kwargs, trainable)
 
 
 def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
@@ -234,8 +263,9 @@ def save_model(model, tokenizer, path: str | Path, merge_adapter: bool = False, 
 class Reference:
     """The frozen reference policy of DPO / KTO / PPO.
 
-    With a LoRA policy and no separate reference path it is the policy itself with the adapter disabled: the same
-    base weights, no second copy in memory (tested equal to the base model). Otherwise a separately loaded,
+    With an adapter policy and no separate reference path it is the policy itself with the adapter disabled: the
+    same base weights, no second copy in memory (tested equal to the base model for LoRA, DoRA, IA3 and both prefix
+    methods, whose forward peft swaps for the base model's). Otherwise a separately loaded,
     frozen model in eval mode (dropout off).
     """
 
@@ -320,7 +350,8 @@ def load_reference(cfg: ModelConfig, reference_path: str | None, policy, tokeniz
     if reference_path is None and is_adapter_model(policy):
         return Reference(policy=policy, autocast=autocast)
     ref_cfg = cfg.model_copy(update={"name_or_path": reference_path or cfg.name_or_path, "adapter": "none",
-                                     "gradient_checkpointing": False})
+                                     "gradient_checkpointing": False, "freeze": [], "router_aux_loss_coef": None,
+                                     **{k: ModelConfig.model_fields[k].get_default() for k in ADAPTER_KNOBS}})
     model = load_causal_lm(ref_cfg, tokenizer, device, trainable=False)
     model.eval()
     model.requires_grad_(False)
@@ -381,6 +412,11 @@ def load_reward_model(cfg: ModelConfig, tokenizer, device: torch.device | None =
     """
     from transformers import AutoModelForSequenceClassification
 
+    check_model_options(cfg, trainable)
+    if trainable and cfg.adapter in PROMPT_LEARNING:
+        raise ConfigError(f"model.adapter = {cfg.adapter} cannot train a reward model or critic: their scalar head reads "
+                          "the backbone's hidden states, which a prefix (passed by peft's forward as a cache) never "
+                          "reaches; use lora, dora, rslora or ia3")
     device = device or resolve_device(cfg.device)
     path = resolve_model_path(cfg.name_or_path)
     check_model_folder(path, "reward model")
@@ -405,8 +441,10 @@ def load_reward_model(cfg: ModelConfig, tokenizer, device: torch.device | None =
                 head.bias.zero_()
     disable_dropout(model)
     model = _finish_loading(model, cfg, tokenizer, device)
+    if trainable:
+        _moe_options(model, cfg, router_aux=False)
     if trainable and cfg.adapter != "none":
-        model = add_lora(model, cfg, task_type="SEQ_CLS")
+        model = add_adapter(model, cfg, task_type="SEQ_CLS")
     if not trainable:
         model.eval()
         model.requires_grad_(False)
@@ -500,6 +538,27 @@ def load_reward_stats(path: str | Path) -> dict | None:
 
     file = Path(resolve_model_path(str(path))) / REWARD_STATS
     return json.loads(file.read_text()) if file.is_file() else None
+
+
+PRM_INFO = "prm.json"  # beside a process reward model: how its steps were laid out ({"separator": ...})
+
+
+def save_prm_info(path: Path, separator: str) -> None:
+    """The step separator a process reward model was trained with, stored beside it: scoring splits at the same."""
+    from .checkpoint import atomic_write_json
+
+    atomic_write_json(Path(path) / PRM_INFO, {"separator": separator})
+
+
+def load_prm_info(path: str | Path) -> dict:
+    """The stored step layout of a process reward model folder; a folder without one is not a PRM (one line)."""
+    import json
+
+    file = Path(resolve_model_path(str(path))) / PRM_INFO
+    if not file.is_file():
+        raise ModelError(f"{path}: not a process reward model (no {PRM_INFO} beside the weights); train one with "
+                         "alignkit prm, or use reward_model: for a reward model that scores whole responses")
+    return json.loads(file.read_text())
 
 
 # ------------------------------------------------------------------------------------ model folder checks

@@ -75,6 +75,27 @@ def forward_token_logps(model, input_ids: Tensor, attention_mask: Tensor | None,
     return token_logps(logits[:, :-1], input_ids[:, 1:], temperature)
 
 
+def forward_token_logps_aux(model, input_ids: Tensor, attention_mask: Tensor | None, position_ids: Tensor | None,
+                            temperature: float = 1.0) -> tuple[Tensor, Tensor]:
+    """``forward_token_logps`` (B, L-1) of a mixture-of-experts model, and the router load-balancing loss of the
+    same forward (``aux_loss``, a scalar: Switch Transformer, Fedus et al. 2022 eq. 4, num_experts * sum_e f_e * P_e
+    over the batch's real tokens, f_e the fraction of top-k choices that go to expert e, P_e the mean router
+    probability; summed over MoE layers). The router logits are asked for here, per call, rather than in the model
+    config: generation with a cache cannot compute this loss (transformers fails on it). The coefficient is the
+    caller's to apply."""
+    out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False,
+                output_router_logits=True)
+    return token_logps(out.logits[:, :-1], input_ids[:, 1:], temperature), out.aux_loss
+
+
+def sequence_logps_aux(model, input_ids: Tensor, attention_mask: Tensor | None, position_ids: Tensor,
+                       loss_mask: Tensor, segments: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    """``sequence_logps`` (N,), (N,) of a mixture-of-experts model and the router load-balancing loss of the same
+    forward (a scalar; see ``forward_token_logps_aux``)."""
+    logps, aux = forward_token_logps_aux(model, input_ids, attention_mask, position_ids)
+    return *sequence_sums(logps, loss_mask, segments), aux
+
+
 def sequence_logps(model, input_ids: Tensor, attention_mask: Tensor | None, position_ids: Tensor,
                    loss_mask: Tensor, segments: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """Summed log-prob of each sequence's response tokens and the number of those tokens: (R, L) -> (N,), (N,).
@@ -82,7 +103,11 @@ def sequence_logps(model, input_ids: Tensor, attention_mask: Tensor | None, posi
     Unpacked (``segments`` None) each row is a sequence (N = R). Packed rows hold several sequences, ``segments``
     (R, L) naming each token's sequence: a target token's log-prob goes to its own sequence (a response token is
     never a sequence's first, so the position predicting it lies in the same sequence)."""
-    logps = forward_token_logps(model, input_ids, attention_mask, position_ids)
+    return sequence_sums(forward_token_logps(model, input_ids, attention_mask, position_ids), loss_mask, segments)
+
+
+def sequence_sums(logps: Tensor, loss_mask: Tensor, segments: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """Next-token log-probs (R, L-1) summed over each sequence's response tokens, and their count: (N,), (N,)."""
     mask = loss_mask[:, 1:]
     if segments is None:
         return masked_sum(logps, mask, dim=-1), mask.sum(-1)

@@ -7,7 +7,7 @@ A pipeline file::
     output_dir: runs/my-pipeline        # the pipeline folder: one run folder per stage, the state, the report
     stages:
       sft:                              # a stage named like a recipe runs that recipe ...
-        config: sft.yaml                # optional: a recipe YAML (relative to this file) ...
+        config: sft.yaml                # optional: a recipe YAML (relative to this file), or LLaMA-Factory's ...
         train: {max_steps: 500}         # ... with these sections laid over it (or the whole config inline)
       rm:
         model: {name_or_path: ${sft.output}}
@@ -47,6 +47,7 @@ from .config import (
     KTOConfig,
     OnlineDPOConfig,
     PPOConfig,
+    PRMConfig,
     RMConfig,
     RRHFConfig,
     SFTConfig,
@@ -56,6 +57,7 @@ from .config import (
     resolve_paths,
     validate,
 )
+from .config.llamafactory import converted_sections, is_llamafactory
 from .doctor import HEALTH_FILE, read_health
 
 
@@ -100,6 +102,8 @@ def _run_cai(cfg, resume):
 RECIPES: dict[str, Recipe] = {
     "sft": Recipe(SFTConfig, _lazy("sft"), "supervised fine-tuning on prompt/response or chat data"),
     "rm": Recipe(RMConfig, _lazy("rm"), "reward model (Bradley-Terry on pairs, all-pairs / Plackett-Luce on rankings)"),
+    "prm": Recipe(PRMConfig, _lazy("prm"), "process reward model: a per-step correctness classifier on step-labelled "
+                  "solutions (step accuracy, first-error detection); a reward source for PPO / GRPO and a reranker"),
     "eval": Recipe(EvalConfig, _run_eval, "evaluate models on held-out data: reward models (accuracy, margins, "
                    "calibration) or several policies side by side (rewards, win rates with intervals, KL, perplexity, "
                    "diversity, a blind human-eval sheet)", output=""),
@@ -138,6 +142,16 @@ def resolve(cfg, outputs: Mapping[str, str] | None = None):
         return REFERENCE.sub(lambda m: outputs.get(m.group(1), m.group(0)), value)
 
     return demo_resolved(resolve_paths(cfg, references))
+
+
+def resolve_name(kind: str, value: str) -> str:
+    """One ``demo:`` name (kind "data" or "model") -> its path, built on first use; anything else unchanged: the
+    resolver of the command-line tools that take paths rather than configs (``alignkit data``)."""
+    if not value.startswith("demo:"):
+        return value
+    from .demo.assets import demo_lookup
+
+    return str(demo_lookup(kind, value))
 
 
 def check_references(raw: Any, stage: str, earlier: list[str], key: str = "") -> None:
@@ -208,7 +222,10 @@ def load_pipeline(path: str | Path, out: str | Path | None = None) -> Pipeline:
             raise ConfigError(f"{where}.run.output_dir: a stage's run folder is <pipeline output_dir>/{name}")
         config = raw.pop("config", None)
         if config is not None:
-            base, _ = read_yaml((path.parent / config) if not Path(config).is_absolute() else config)
+            config_path = (path.parent / config) if not Path(config).is_absolute() else Path(config)
+            base, _ = read_yaml(config_path)
+            if is_llamafactory(base):  # a LLaMA-Factory YAML: converted (its report on stderr), the stage's sections on top
+                base = converted_sections(recipe, base, str(config_path), raw)
             raw = deep_merge(base, raw)
         check_references(raw, name, [s.name for s in stages])
         stages.append(Stage(name, recipe, raw, _child(nodes, name)))

@@ -1,5 +1,5 @@
-"""Reward sources: Python functions (yours, or built-in), a trained reward model, an LLM judge; combined with
-weights into one reward per completion, each source reported separately.
+"""Reward sources: Python functions (yours, or built-in), a trained reward model, a process reward model (per-step
+scores), an LLM judge; combined with weights into one reward per completion, each source reported separately.
 
 Every source is called like a reward function: ``fn(prompts, completions, **fields) -> list[float]`` where
 ``prompts`` are the last user turns, ``completions`` the generated texts and ``fields`` the dataset's extra columns
@@ -15,6 +15,7 @@ import math
 import re
 import traceback
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +24,16 @@ import torch
 from .config import ModelConfig, RewardSource
 from .data.collate import pad_batch
 from .data.formats import Conversation, Message
+from .data.steps import split_steps, step_sequence
 from .data.templates import tokenize_conversation
-from .models import load_reward_model, load_reward_stats, load_tokenizer, resolve_device, token_values
+from .models import (
+    load_prm_info,
+    load_reward_model,
+    load_reward_stats,
+    load_tokenizer,
+    resolve_device,
+    token_values,
+)
 from .ops import gather_last
 
 RewardFn = Callable[..., list[float]]
@@ -149,6 +158,61 @@ class RewardModelScorer:
         return (rewards - self.stats["mean"]) / max(self.stats["std"], 1e-6)
 
 
+# ------------------------------------------------------------------------------------ process reward models
+@dataclass(frozen=True)
+class StepScores:
+    """One completion's steps as a process reward model scored them (K steps; K = 0 for an empty completion)."""
+
+    ends: tuple[int, ...]  # (K,) character offset just past each step: past its separator, or the text's end
+    scores: tuple[float, ...]  # (K,) the probability that each step is correct, sigmoid of the head
+
+
+STEP_AGGREGATES: dict[str, Callable[[Sequence[float]], float]] = {
+    "min": min,  # Math-Shepherd: a solution is as good as its worst step
+    "product": math.prod,  # Lightman et al.: the probability that every step is correct
+    "last": lambda scores: scores[-1],
+}
+
+
+def aggregate_steps(scores: Sequence[float], how: str) -> float:
+    """A completion's one score from its step scores (``STEP_AGGREGATES[how]``); 0.0 when it has no step."""
+    return float(STEP_AGGREGATES[how](scores)) if scores else 0.0
+
+
+class ProcessRewardScorer:
+    """A frozen process reward model: ``score(prompts, responses)`` -> one ``StepScores`` per response text.
+
+    Each response is split into steps at the separator the model was trained with (its ``prm.json``), laid out as
+    in training (``data.steps.step_sequence``: prompt, generation prompt, each step and the separator) and the head
+    read at every step's end. Steps past ``max_length`` tokens get no score. ``aggregate`` names the completion's
+    one score (``STEP_AGGREGATES``).
+    """
+
+    def __init__(self, cfg: ModelConfig, device: torch.device | None = None, max_length: int = 1024,
+                 autocast=contextlib.nullcontext, aggregate: str = "min") -> None:
+        self.device = device or resolve_device(cfg.device)
+        self.separator = load_prm_info(cfg.name_or_path)["separator"]
+        self.tokenizer = load_tokenizer(cfg)
+        self.model = load_reward_model(cfg, self.tokenizer, self.device, trainable=False)
+        self.max_length, self.autocast, self.aggregate = max_length, autocast, aggregate
+
+    @torch.no_grad()
+    def score(self, prompts: Sequence[Conversation], responses: Sequence[str], batch_size: int = 32) -> list[StepScores]:
+        out = []
+        for start in range(0, len(prompts), batch_size):
+            split = [split_steps(r, self.separator) for r in responses[start : start + batch_size]]
+            rows = [step_sequence(self.tokenizer, p, [text for text, _ in steps], self.separator, self.max_length)
+                    for p, steps in zip(prompts[start : start + batch_size], split)]
+            batch = pad_batch(rows, self.tokenizer.pad_token_id).to(self.device)
+            with self.autocast():
+                values = token_values(self.model, batch.input_ids, batch.attention_mask, batch.position_ids)
+            probs, ends = values.float().sigmoid().cpu(), batch.loss_mask.bool().cpu()  # loss_mask: the step ends
+            for row, steps in enumerate(split):
+                found = probs[row][ends[row]].tolist()
+                out.append(StepScores(tuple(end for _, end in steps[: len(found)]), tuple(found)))
+        return out
+
+
 # ----------------------------------------------------------------------------------------------- LLM judge
 DEFAULT_JUDGE_TEMPLATE = ("Rate the assistant's answer from 0 to 10 for helpfulness, correctness and politeness.\n"
                           "Question: {prompt}\nAnswer: {response}\nReply with the number only.")
@@ -198,16 +262,28 @@ def fields_of(examples: Sequence) -> dict[str, list[Any]]:
 
 
 def source_model(source: RewardSource) -> ModelConfig:
-    """The ModelConfig of a reward_model / judge source, carrying its revision, dtype and trust_remote_code."""
-    return ModelConfig(name_or_path=source.reward_model or source.judge, revision=source.revision,
-                       dtype=source.dtype, trust_remote_code=source.trust_remote_code)
+    """The ModelConfig of a reward_model / process_reward_model / judge source, carrying its revision, dtype and
+    trust_remote_code."""
+    return ModelConfig(name_or_path=source.reward_model or source.process_reward_model or source.judge,
+                       revision=source.revision, dtype=source.dtype, trust_remote_code=source.trust_remote_code)
+
+
+@dataclass(frozen=True)
+class Scored:
+    """Every source's scores of N responses."""
+
+    total: torch.Tensor  # (N,) the weighted sum of the sources' scores
+    parts: dict[str, torch.Tensor]  # source label -> (N,) its score (a process reward model's: its step_aggregate)
+    steps: dict[str, tuple[float, list[StepScores]]] = field(default_factory=dict)  # process reward model label ->
+    #                                          (its weight, each response's step scores): where PPO / GRPO place them
 
 
 SELF_JUDGE = "self"  # judge: self, the policy asked to judge its own answers (self-rewarding, Yuan et al. 2024)
 
 
 class RewardSet:
-    """Weighted sum of reward sources; ``__call__`` returns (total (N,), {label: raw scores (N,)}).
+    """Weighted sum of reward sources; ``__call__`` returns (total (N,), {label: raw scores (N,)}), ``score`` the
+    same with the process reward models' step scores besides (``Scored``).
 
     Python functions and built-ins are imported only here, for the sources the config names. ``policy``: the
     trained (model, tokenizer), for ``judge: self`` sources; a recipe that trains no policy passes none.
@@ -225,8 +301,11 @@ class RewardSet:
         if len(set(labels)) != len(labels):
             raise RewardError(f"reward sources need distinct names (got {labels}); set name: on each")
         for source in sources:
-            if source.fn:
-                scorer: Any = load_function(source.fn)
+            how = source.step_aggregate  # a process reward model's; validation keeps it at its default elsewhere
+            if source.process_reward_model:
+                scorer: Any = ProcessRewardScorer(source_model(source), device, max_length, autocast, how)
+            elif source.fn:
+                scorer = load_function(source.fn)
             elif source.builtin in BUILTINS:
                 scorer = BUILTINS[source.builtin]
             elif source.builtin:  # demo_gold / demo_format: the resolver turns them into demo.world functions
@@ -246,11 +325,20 @@ class RewardSet:
 
     def __call__(self, prompts: Sequence[Conversation], responses: Sequence[str],
                  fields: dict[str, list[Any]]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        scored = self.score(prompts, responses, fields)
+        return scored.total, scored.parts
+
+    def score(self, prompts: Sequence[Conversation], responses: Sequence[str], fields: dict[str, list[Any]]) -> Scored:
+        """Every source's scores of the responses, and each process reward model's step scores."""
         last_turns = [p[-1].content for p in prompts]
         parts: dict[str, torch.Tensor] = {}
+        steps: dict[str, tuple[float, list[StepScores]]] = {}
         total = torch.zeros(len(responses))
         for source, scorer in self.entries:
-            if isinstance(scorer, RewardModelScorer):
+            if isinstance(scorer, ProcessRewardScorer):
+                steps[source.label] = (source.weight, scorer.score(prompts, list(responses)))
+                scores = torch.tensor([aggregate_steps(s.scores, scorer.aggregate) for s in steps[source.label][1]])
+            elif isinstance(scorer, RewardModelScorer):
                 raw = scorer.score(prompts, [(Message("assistant", r),) for r in responses])
                 scores = scorer.normalise(raw) if source.normalize else raw
             else:
@@ -259,4 +347,4 @@ class RewardSet:
                 scores = torch.tensor(call_reward(source.label, fn, last_turns, list(responses), fields))
             parts[source.label] = scores
             total = total + source.weight * scores
-        return total, parts
+        return Scored(total, parts, steps)

@@ -19,6 +19,7 @@ import torch
 from .checkpoint import atomic_write_text, latest_checkpoint, load_checkpoint, save_checkpoint
 from .config import ConfigError, RunConfig, Section, TrainConfig, dump_config
 from .doctor import HEALTH_FILE, Doctor
+from .long_context import advice_for
 from .report import CURVES, REPORT, plot_curves, write_report
 from .tracking import METRICS_CSV, METRICS_JSONL, SAMPLES, SUMMARY, RunLog
 from .watch import after_log, eval_table, findings_of, reward_gap, run_facts
@@ -164,6 +165,8 @@ def start_run(cfg: Section, recipe: str, resume: str | bool | None = None) -> Ru
     run = Run(recipe, run_dir, accelerator, log, resume_from, on_nonfinite=train_cfg.on_nonfinite,
               fixed_threads=bool(run_cfg.threads))
     run.print(f"threads: {threads} ({why})")
+    if advice := advice_for(cfg, accelerator.device.type):  # long examples: memory-saving settings not yet on
+        run.print(f"[yellow]{advice}[/yellow]")
     if resume and resume_from is None:  # killed before its first checkpoint: nothing to resume, start over
         run.print(f"--resume: {run_dir} has no complete checkpoint yet; starting from step 0")
     if accelerator.is_main_process:
@@ -384,9 +387,11 @@ def sample_rows(run: Run, model, tokenizer, prompts: list, references: list[str]
     if not prompts:
         return
     with generation_model(run.accelerator, model) as module:
-        gens = generate(module, tokenizer, [tokenize_prompt(tokenizer, p) for p in prompts],
+        # a str prompt is raw text (a text record's opening): continued as it is, no chat template
+        gens = generate(module, tokenizer, [tokenizer(p)["input_ids"] if isinstance(p, str) else tokenize_prompt(tokenizer, p)
+                                            for p in prompts],
                         SamplingParams(max_new_tokens=run_cfg.sample_max_new_tokens, temperature=0.0))
-    run.log.add_samples(step, [{"prompt": p[-1].content, "response": g.text, "reference": ref}
+    run.log.add_samples(step, [{"prompt": p if isinstance(p, str) else p[-1].content, "response": g.text, "reference": ref}
                                for p, g, ref in zip(prompts, gens, references)])
 
 

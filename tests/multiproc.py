@@ -149,7 +149,7 @@ def run_processes(recipe: str, cfg: dict, world: int, timeout: float = 600, erro
 # recipe -> (train set, eval set) of the demo world, and how many distinct records of each the small runs use
 SMALL_SETS = {"sft": ("sft", None), "rm": ("prefs", "prefs_eval"), "dpo": ("prefs", None), "kto": ("kto", None),
               "grpo": ("prompts", "prompts_eval"), "ppo": ("prompts", "prompts_eval"), "distill": ("sft", None),
-              "online_dpo": ("prompts", "prompts_eval"), "rrhf": ("ranked", None)}
+              "online_dpo": ("prompts", "prompts_eval"), "rrhf": ("ranked", None), "prm": ("prm_steps", "prm_eval")}
 
 
 def small_data(recipe: str, folder: Path, n_train: int = 48, n_eval: int = 8) -> dict:

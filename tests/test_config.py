@@ -35,7 +35,7 @@ def test_wrong_type_and_range_name_key_value_and_expectation(tmp_path):
         load_config(SFTConfig, path)
     with pytest.raises(ConfigError, match=r'key "train.batch_size" = \'many\' is invalid: Input should be a valid integer'):
         load_config(SFTConfig, None, ["train.batch_size=many"])
-    with pytest.raises(ConfigError, match=r'key "model.adapter" = \'lorra\' is invalid: Input should be .none., .lora. or .qlora.'):
+    with pytest.raises(ConfigError, match=r'key "model.adapter" = \'lorra\' is invalid: Input should be .none., .lora., .qlora., .dora., .rslora., .ia3., .prefix. or .p_tuning_v2.'):
         load_config(SFTConfig, None, ["model.adapter=lorra"])
 
 

@@ -24,22 +24,25 @@ PACKED = {"packing": True, "pack_length": 300, "cache_tokenized": False}
 TOOLS = {"environment": {"tools": ["alignkit.demo.tools_world:calculator"], "max_turns": 2, "max_tokens": 12,
                          "tool_timeout": 2.0, "tool_format": "pythonic"}}
 NAMED_ENV = {"environment": {"name": "envs:Echo", "args": {"rounds": 1}}}  # tests/envs.py
+SMALL_SFT = "<small sft slice>"  # config() swaps in a small slice of the demo's SFT data (tokenized in no time)
+REPLAY = {"replay": {"data": SMALL_SFT, "ratio": 0.5, "coef": 0.5}}
 VARIANTS = {
-    "sft": [{"data": PACKED}, LORA, {**EPOCHS, **SPLIT}],
+    "sft": [{"data": PACKED}, LORA, {**EPOCHS, **SPLIT, "replay": {"data": SMALL_SFT, "ratio": 0.5}}],
     "rm": [{**LORA, "data": PACKED}, {**EPOCHS, **SPLIT}],
+    "prm": [{**LORA, "data": PACKED}, {**EPOCHS, **SPLIT}],
     "dpo": [{"dpo": {"reference": "on_the_fly", "reference_update": "soft", "reference_alpha": 0.5}, "data": PACKED},
-            LORA, {**EPOCHS, **SPLIT, "dpo": {"reference": "on_the_fly", "reference_update": "hard", "reference_every": 1}}],
+            LORA, {**EPOCHS, **SPLIT, **REPLAY, "dpo": {"reference": "on_the_fly", "reference_update": "hard", "reference_every": 1}}],
     "kto": [{"kto": {"reference": "on_the_fly"}, "data": PACKED}, LORA, {**EPOCHS, **SPLIT}],
     "grpo": [{"grpo": {"beta": 0.1, "dynamic_sampling": True, "mask_truncated": True, "entropy_coef": 0.01,
                        "ratio": "sapo"}, "sampling": {"correction": "tis", "correction_level": "sequence",
                                                       "eval_temperature": 0.7, "eval_samples": 2}},
              {**SPLIT, "rewards": [JUDGE, {"reward_model": "demo:rm", "normalize": False, "name": "rm"}]},
-             {**LORA, **EPOCHS}, TOOLS, NAMED_ENV],
+             {**LORA, **EPOCHS, **REPLAY}, TOOLS, NAMED_ENV],
     "ppo": [{"ppo": {"adaptive_kl": True, "reward_norm": "running", "critic": "shared"},
              "sampling": {"correction": "mis", "eval_temperature": 1.0, "eval_samples": 2}},
             {**SPLIT, "ppo": {"kl_in_loss": True, "kl_estimator": "k3"},
              "rewards": [{"builtin": "demo_gold"}, JUDGE]},
-            {**LORA, **EPOCHS}, TOOLS, NAMED_ENV],
+            {**LORA, **EPOCHS, **REPLAY}, TOOLS, NAMED_ENV],
     "distill": [{"distill": {"loss": "jsd", "jsd_beta": 0.4, "on_policy_fraction": 0.5, "hard_weight": 0.1,
                              "temperature": 2.0},
                  "sampling": {"temperature": 0.9, "top_p": 0.95, "top_k": 5, "eval_temperature": 0.7, "eval_samples": 2}},
@@ -86,8 +89,11 @@ def config(recipe: str, tmp_path, variant: dict):
             [RL_QUICK, {"online": {"samples_per_prompt": 2}}] if recipe == "online_dpo" else \
             [RL_QUICK] if online_rrhf else \
             [{"distill": {"teacher": "demo:sft"}}] if recipe == "distill" else []  # the demo teacher takes a minute
-    quick = QUICK if recipe != "rm" else {**QUICK, "run": {k: v for k, v in QUICK["run"].items()
-                                                           if k not in ("sample_every", "num_samples")}}
+    quick = QUICK if recipe not in ("rm", "prm") else {**QUICK, "run": {k: v for k, v in QUICK["run"].items()
+                                                                      if k not in ("sample_every", "num_samples")}}
+    if variant.get("replay", {}).get("data") == SMALL_SFT:
+        variant = {**variant, "replay": {**variant["replay"],
+                                         "data": small_data("sft", tmp_path / "replay", n_train=16, n_eval=4)["train"]}}
     sections = merged(data, quick, *extra, variant)
     if recipe == "rrhf":  # no demo stage of its own: the recipe's defaults (the demo SFT model) under these sections
         from alignkit.config import validate

@@ -395,7 +395,7 @@ def test_detect_unknown_kind():
 
 
 def test_format_tables():
-    assert set(SFT_FORMATS) == {"prompt_response", "alpaca", "messages"}
+    assert set(SFT_FORMATS) == {"prompt_response", "alpaca", "messages", "text"}
     assert set(PREFERENCE_FORMATS) == {"pairwise", "hh"}
     assert set(RANKED_FORMATS) == {"ranked"}
     assert FORMATS["prompt"] == {"prompt": to_prompt} and FORMATS["unpaired"] == {"unpaired": to_unpaired}

@@ -6,7 +6,7 @@ demo. Errors name the file, the line when it can be found, the dotted key, the v
 unknown key suggests the closest valid one.
 
 The package: ``base`` (the shared sections, RecipeConfig, refusals), ``loading`` (files, overrides, errors, the
-path walk), ``preference`` (DPO, KTO, RM), ``rl`` (PPO, GRPO, online DPO, reward sources, sampling), ``distill`` (knowledge distillation), ``evaluation`` (eval,
+path walk), ``preference`` (DPO, KTO, RM), ``prm`` (the process reward model), ``rl`` (PPO, GRPO, online DPO, reward sources, sampling), ``distill`` (knowledge distillation), ``evaluation`` (eval,
 generate), ``cai`` (Constitutional AI data). Everything is importable from ``alignkit.config``.
 """
 
@@ -16,5 +16,6 @@ from .distill import *  # noqa: F401,F403
 from .evaluation import *  # noqa: F401,F403
 from .loading import *  # noqa: F401,F403
 from .preference import *  # noqa: F401,F403
+from .prm import *  # noqa: F401,F403
 from .rl import *  # noqa: F401,F403
 from .rrhf import *  # noqa: F401,F403

@@ -51,4 +51,7 @@ class DistillConfig(RecipeConfig):
         if self.distill.hard_weight and self.distill.on_policy_fraction == 1:
             raise ValueError("distill.hard_weight weighs the NLL of dataset responses, and with on_policy_fraction = 1 "
                              "every step trains on the student's own samples: set it to 0 or lower on_policy_fraction")
+        if self.data.loss_on == "all" and self.distill.on_policy_fraction > 0:
+            raise ValueError("data.loss_on = all leaves no prompt for the student to answer (distill.on_policy_fraction "
+                             "> 0 samples after each trained block): use assistant or last_turn")
         return self

@@ -25,6 +25,7 @@ class EvalSection(Section):
     baseline: str | None = Field(None, description="policy: the model (a key of models) every other one is compared with: win rate with its interval; None = the first")
     judge: str | None = Field(None, description="policy: the reward source (its label) that decides wins and pass@k; None = the first source")
     pass_threshold: float | None = Field(None, description="policy: an answer whose judge score is >= this counts as solved: pass@1 and pass@k (a verifiable reward)")
+    rerank_by: str | None = Field(None, description="policy: best-of-N reranking: the reward source (its label; typically a process_reward_model, whose step_aggregate makes one score of its step scores) that picks the best of each prompt's eval.samples answers; the judge's mean score of the picked answers (best_of_<N>) is reported next to a single sample's")
     reference: str | None = Field(None, description="policy: a model to measure KL(model || reference) against, on each model's own answers (summed over answer tokens)", json_schema_extra={"resolve": "model"})
     perplexity_data: str | None = Field(None, description="policy: held-out SFT-format text; each model's perplexity on its response tokens (forgetting shows as a rise)", json_schema_extra={"resolve": "data"})
     bootstrap: int = Field(1000, ge=100, description="policy: bootstrap resamples over prompts for every 95% interval")
@@ -62,7 +63,7 @@ class EvalConfig(Section):
         ("eval.min_accuracy", lambda c: c.eval.mode == "reward_model", "it is the reward-model verdict (eval.mode = reward_model)"),
         *((f"eval.{k}", lambda c: c.eval.mode == "policy", "it sets how policies answer and are compared (eval.mode = policy)")
           for k in ("max_new_tokens", "temperature", "seed", "group_by", "max_prompts", "samples", "baseline", "judge",
-                    "pass_threshold", "reference", "perplexity_data", "bootstrap", "human_sheet", "ratings",
+                    "pass_threshold", "rerank_by", "reference", "perplexity_data", "bootstrap", "human_sheet", "ratings",
                     "ratings_key")),
         ("models", lambda c: c.eval.mode == "policy", "it lists policies (eval.mode = policy)"),
         ("eval.seed", lambda c: c.eval.temperature > 0, "answers are greedy (eval.temperature = 0)"),
@@ -108,6 +109,11 @@ def policy_rules(cfg: EvalConfig) -> None:
     labels = [s.label for s in cfg.rewards]
     if e.judge is not None and e.judge not in labels:
         raise ValueError(f'eval.judge = "{e.judge}" is not the label of a reward source (have: {", ".join(labels)})')
+    if e.rerank_by is not None and e.rerank_by not in labels:
+        raise ValueError(f'eval.rerank_by = "{e.rerank_by}" is not the label of a reward source (have: {", ".join(labels)})')
+    if e.rerank_by is not None and e.samples < 2:
+        raise ValueError("eval.rerank_by picks the best of each prompt's eval.samples answers: set eval.samples >= 2 "
+                         "(and eval.temperature > 0)")
     if len(set(labels)) < len(labels):
         raise ValueError(f"rewards: two sources share a label ({', '.join(labels)}); give them distinct name:s")
     if e.ratings and e.ratings_key is None:

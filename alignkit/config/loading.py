@@ -196,5 +196,5 @@ def describe_fields(cls: type[Section], prefix: str = "", defaults: Section | No
         if isinstance(value, Section):
             rows.extend(describe_fields(type(value), key + ".", value))
         else:
-            rows.append((key, value if isinstance(value, str) else repr(value), field.description or ""))
+            rows.append((key, value if isinstance(value, str) and value.isprintable() else repr(value), field.description or ""))
     return rows

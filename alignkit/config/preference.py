@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from .base import DataConfig, RecipeConfig, Section
+from .base import REPLAY_INACTIVE, DataConfig, RecipeConfig, ReplaySection, Section
 
 
 class DPOSection(Section):
@@ -49,7 +49,7 @@ class DPOConfig(RecipeConfig):
                 ("dpo.simpo_gamma", lambda c: c.dpo.loss == "simpo", "it is SimPO's margin (dpo.loss = simpo)"),
                 *((f"dpo.{k}", lambda c: c.dpo.loss not in ("simpo", "orpo"), "SimPO and ORPO use no reference")
                   for k in ("reference", "reference_model", "reference_update")),
-                *TRUST_REGION_INACTIVE]
+                *TRUST_REGION_INACTIVE, *REPLAY_INACTIVE]
 
     @model_validator(mode="after")
     def _trust_region(self) -> DPOConfig:
@@ -58,6 +58,7 @@ class DPOConfig(RecipeConfig):
                              "cannot be cached before training: set dpo.reference = on_the_fly")
         return self
     dpo: DPOSection = Field(default_factory=DPOSection, description="the preference loss and its reference")
+    replay: ReplaySection = Field(default_factory=ReplaySection, description="earlier data's NLL added to the loss (forgetting)")
 
 
 class KTOSection(Section):

@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from .base import RecipeConfig, Section, deep_merge
+from .base import REPLAY_INACTIVE, RecipeConfig, ReplaySection, Section, deep_merge
 from .preference import TRUST_REGION_INACTIVE, DPOSection
 
 
@@ -17,21 +17,27 @@ class RewardSource(Section):
     fn: str | None = Field(None, description="Python reward function: module:function or path/to/file.py:function, called fn(prompts, completions, **fields) -> list[float]")
     builtin: Literal["regex", "length", "repetition", "demo_gold", "demo_format"] | None = Field(None, description="a built-in reward (args configure it)", json_schema_extra={"resolve": "builtin"})
     reward_model: str | None = Field(None, description="a reward model folder from alignkit rm (or demo:rm)", json_schema_extra={"resolve": "model"})
+    process_reward_model: str | None = Field(None, description="a process reward model folder from alignkit prm (or demo:prm): scores each step of a completion (split at the separator it was trained with) with the probability that the step is correct; PPO puts the step scores on the tokens where the steps end, GRPO normalises them per group with grpo.advantage = process, everywhere else the completion's score is their step_aggregate", json_schema_extra={"resolve": "model"})
+    step_aggregate: Literal["min", "product", "last"] = Field("min", description="process_reward_model: a completion's one score from its step scores: min (Math-Shepherd), product (Lightman et al.), or the last step's; a completion with no step scores 0")
     judge: str | None = Field(None, description="a causal LM used as a judge (RLAIF): it is asked args.template and its first number is the score; self = the trained policy judges its own answers (self-rewarding)", json_schema_extra={"resolve": "model"})
     normalize: bool = Field(True, description="reward models: normalise with the mean / std stored beside the model")
     weight: float = Field(1.0, description="multiplier of this source in the total reward")
     args: dict[str, Any] = Field(default_factory=dict, description="keyword arguments for fn, builtin and judge sources (a judge: template, scale, default, max_new_tokens)")
-    revision: str | None = Field(None, description="reward_model / judge: hub revision to load")
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field("auto", description="reward_model / judge: weights dtype")
-    trust_remote_code: bool = Field(False, description="reward_model / judge: allow model code from the hub repository to run")
+    revision: str | None = Field(None, description="reward_model / process_reward_model / judge: hub revision to load")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field("auto", description="reward_model / process_reward_model / judge: weights dtype")
+    trust_remote_code: bool = Field(False, description="reward_model / process_reward_model / judge: allow model code from the hub repository to run")
 
     @model_validator(mode="after")
     def _one_source(self) -> RewardSource:
-        given = [k for k in ("fn", "builtin", "reward_model", "judge") if getattr(self, k)]
+        given = [k for k in ("fn", "builtin", "reward_model", "judge", "process_reward_model") if getattr(self, k)]
         if len(given) != 1:
-            raise ValueError(f"a reward source needs exactly one of fn, builtin, reward_model, judge (got {given or 'none'})")
-        models = self.reward_model or (self.judge if self.judge != "self" else None)  # judge: self is the policy
-        unused = {"args": bool(self.args) and bool(self.reward_model), "normalize": not self.normalize and not self.reward_model,
+            raise ValueError("a reward source needs exactly one of fn, builtin, reward_model, judge, process_reward_model "
+                             f"(got {given or 'none'})")
+        models = (self.reward_model or self.process_reward_model
+                  or (self.judge if self.judge != "self" else None))  # judge: self is the policy
+        unused = {"args": bool(self.args) and bool(self.reward_model or self.process_reward_model),
+                  "normalize": not self.normalize and not self.reward_model,
+                  "step_aggregate": self.step_aggregate != "min" and not self.process_reward_model,
                   **{k: getattr(self, k) != d and not models for k, d in (("revision", None), ("dtype", "auto"),
                                                                           ("trust_remote_code", False))}}
         for key, is_unused in unused.items():
@@ -47,7 +53,7 @@ class RewardSource(Section):
             return self.fn.rsplit(":", 1)[-1]
         if self.builtin:
             return self.builtin
-        return "reward_model" if self.reward_model else "judge"
+        return "reward_model" if self.reward_model else "prm" if self.process_reward_model else "judge"
 
 
 class SamplingSection(Section):
@@ -112,7 +118,7 @@ K1_AS_LOSS = ("{key} = k1 cannot be a KL loss term: E[grad log pi] = 0, so its e
 
 class GRPOSection(Section):
     group_size: int = Field(8, ge=2, description="G, responses sampled per prompt")
-    advantage: Literal["grpo", "dr_grpo", "rloo", "reinforce_pp"] = Field("grpo", description="baseline: group mean/std (GRPO), group mean (Dr.GRPO), leave-one-out (RLOO), group mean / batch std (REINFORCE++)")
+    advantage: Literal["grpo", "dr_grpo", "rloo", "reinforce_pp", "process"] = Field("grpo", description="baseline: group mean/std (GRPO), group mean (Dr.GRPO), leave-one-out (RLOO), group mean / batch std (REINFORCE++); process = process supervision (DeepSeekMath 4.1.3): a process_reward_model source's step scores normalised over the group's steps, each token's advantage the sum of those of the steps ending at or after it (any other source's score adds its GRPO advantage)")
     ratio: Literal["token", "sequence", "cispo", "sapo", "gmpo"] = Field("token", description="the policy loss, by how it treats the importance ratio: token = PPO clip per token (GRPO), sequence = clip of the length-normalised sequence ratio (GSPO), cispo = clipped detached weight on REINFORCE, sapo = soft sigmoid gate, gmpo = geometric mean of clipped token ratios")
     clip_low: float | None = Field(None, ge=0, description="lower clip epsilon; None = 0.2 (token), 3e-4 (sequence), 1.0 = no lower bound (cispo), 0.4 in log space (gmpo)")
     clip_high: float | None = Field(None, ge=0, description="upper clip epsilon (DAPO clip-higher: larger than clip_low); None = 0.2 (token), 4e-4 (sequence), 0.28 (cispo), 0.4 in log space (gmpo)")
@@ -183,6 +189,17 @@ def _demo_rewards() -> list[RewardSource]:
     return [RewardSource(builtin="demo_gold")]
 
 
+def process_rules(rewards: list[RewardSource], environment: EnvironmentSection, advantage: str = "") -> None:
+    """A process reward model's step scores land on one response's tokens; process advantages need one."""
+    has_prm = any(s.process_reward_model for s in rewards)
+    if advantage == "process" and not has_prm:
+        raise ValueError("grpo.advantage = process needs a process reward model among rewards: "
+                         "- process_reward_model: <a final/ folder of alignkit prm>")
+    if has_prm and environment.multi_turn:
+        raise ValueError("a process_reward_model source places its step scores on a single response's tokens; it cannot "
+                         "score multi-turn episodes (environment.name / environment.tools): use it in eval_rewards")
+
+
 class GRPOConfig(RecipeConfig):
     """Group-relative policy optimisation (GRPO, GSPO, Dr.GRPO, DAPO options, RLOO, REINFORCE++) on prompt-only data."""
 
@@ -193,12 +210,21 @@ class GRPOConfig(RecipeConfig):
                 *((f"grpo.{k}", lambda c: c.grpo.ratio == "sapo", "it sets SAPO's gate (grpo.ratio = sapo)")
                   for k in ("sapo_tau_pos", "sapo_tau_neg")),
                 *((f"grpo.{k}", lambda c: c.grpo.ratio != "sapo", "SAPO has no clip range (its gate: sapo_tau_pos / sapo_tau_neg)")
-                  for k in ("clip_low", "clip_high"))]
+                  for k in ("clip_low", "clip_high")), *REPLAY_INACTIVE]
     sampling: SamplingSection = Field(default_factory=SamplingSection, description="rollout sampling")
     grpo: GRPOSection = Field(default_factory=GRPOSection, description="the algorithm")
+    replay: ReplaySection = Field(default_factory=ReplaySection, description="pretraining / SFT data's NLL added to the loss (PPO-ptx; forgetting)")
     environment: EnvironmentSection = Field(default_factory=EnvironmentSection, description="multi-turn episodes: an environment, tools (default: single-turn)")
     rewards: list[RewardSource] = Field(default_factory=_demo_rewards, description="reward sources, summed with their weights")
     eval_rewards: list[RewardSource] = Field(default_factory=list, description="extra sources scored at eval only, never optimised (e.g. a held-out judge: reward hacking shows as a gap)")
+
+    @model_validator(mode="after")
+    def _process(self) -> GRPOConfig:
+        process_rules(self.rewards, self.environment, self.grpo.advantage)
+        if self.grpo.advantage == "process" and self.grpo.ratio in ("sequence", "gmpo"):
+            raise ValueError(f"grpo.advantage = process gives every token its own advantage, but grpo.ratio = "
+                             f"{self.grpo.ratio} weighs a whole sequence by one advantage: use ratio token, cispo or sapo")
+        return self
 
 
 class PPOSection(Section):
@@ -241,9 +267,10 @@ class PPOConfig(RecipeConfig):
                 ("ppo.vf_coef", lambda c: c.ppo.critic == "shared", "it weighs a shared critic's value loss"),
                 ("ppo.critic_model", lambda c: c.ppo.critic == "separate", "a shared critic is the actor's backbone"),
                 *((f"ppo.{k}", lambda c: c.ppo.adaptive_kl, "it tunes the adaptive KL controller (ppo.adaptive_kl)")
-                  for k in ("kl_target", "kl_horizon"))]
+                  for k in ("kl_target", "kl_horizon")), *REPLAY_INACTIVE]
     sampling: SamplingSection = Field(default_factory=SamplingSection, description="rollout sampling")
     ppo: PPOSection = Field(default_factory=PPOSection, description="the algorithm")
+    replay: ReplaySection = Field(default_factory=ReplaySection, description="pretraining / SFT data's NLL added to the actor's loss (PPO-ptx; forgetting)")
     environment: EnvironmentSection = Field(default_factory=EnvironmentSection, description="multi-turn episodes: an environment, tools (default: single-turn)")
     rewards: list[RewardSource] = Field(default_factory=lambda: [RewardSource(reward_model="demo:rm")], description="reward sources (a reward model, Python functions), summed with weights")
     eval_rewards: list[RewardSource] = Field(default_factory=list, description="extra sources scored at eval only, never optimised (e.g. a held-out judge: reward hacking shows as a gap)")
@@ -258,6 +285,7 @@ class PPOConfig(RecipeConfig):
         if self.train.batch_size % self.ppo.mini_batch_size:
             raise ValueError(f"ppo.mini_batch_size = {self.ppo.mini_batch_size} must divide train.batch_size = "
                              f"{self.train.batch_size} (both count sequences over all processes)")
+        process_rules(self.rewards, self.environment)
         return self
 
     @property

@@ -16,6 +16,11 @@ SFT
                    "function": {"name", "arguments"}}]``, or ``[{"name", "arguments"}]``; its content may then be
                    empty), a ``"tool"`` turn holds a result (``"name"`` optional), and ``"tools"`` lists the tool
                    schemas the chat template renders (JSON schema, as ``transformers.utils.get_json_schema``)
+  text             ``{"text": str}``, and ``.txt`` files (one record per paragraph: blank lines separate them):
+                   plain text for continued pretraining and completion-style SFT. No chat template: the text is
+                   tokenized as it is (the tokenizer's BOS if it adds one, its EOS appended), every token is
+                   trained, and a document longer than ``data.max_length`` is split into chunks of that length
+                   (nothing is cut away)
 Preference
   pairwise         ``{"prompt": str | messages, "chosen": str | messages, "rejected": str | messages, "margin"?: float}``
                    (with message lists and no prompt, the shared leading turns become the prompt)
@@ -23,6 +28,8 @@ Preference
   ranked           ``{"prompt": str | messages, "responses": [str | messages, ...]}`` best to worst, K >= 2
 Prompt-only (RL)   ``{"prompt": str | messages, ...}``; every other field is kept in ``fields`` for reward functions
 Unpaired (KTO)     ``{"prompt": str | messages, "completion": str | messages, "label": bool | 0 | 1}``
+Steps (PRM)        ``{"prompt": str | messages, "steps": [str, ...], "labels": [bool | 0 | 1, ...]}`` one solution
+                   in steps, one label per step (true: the step is correct); steps are non-empty strings
 
 Conversion rules, shared by every format:
 
@@ -36,7 +43,7 @@ Conversion rules, shared by every format:
   shared leading run of turns is the prompt. A ``"prompt"`` given alongside must equal the end of that run.
 - ``hh``: the text before the last ``"\\n\\nAssistant:"`` is the prompt and must be the same in chosen and
   rejected; contents are stripped of surrounding whitespace.
-- KTO labels: bool, 0 / 1, or "true" / "false" (any case).
+- KTO labels and step labels: bool, 0 / 1, or "true" / "false" (any case).
 - ``chosen`` and ``rejected`` must differ, and so must the responses of a ranked list (equal ones hold no
   preference).
 
@@ -89,6 +96,12 @@ class SFTExample:
 
 
 @dataclass(frozen=True)
+class TextExample:
+    text: str  # a plain document: tokenized as is, every token trained
+    where: str
+
+
+@dataclass(frozen=True)
 class PreferenceExample:
     prompt: Conversation  # shared context, ends with a user turn
     chosen: Conversation  # preferred continuation (assistant turn(s))
@@ -119,10 +132,18 @@ class UnpairedExample:
     where: str
 
 
+@dataclass(frozen=True)
+class StepsExample:
+    prompt: Conversation
+    steps: tuple[str, ...]  # (K,) one solution's steps, in order, K >= 1
+    labels: tuple[bool, ...]  # (K,) True where the step is correct
+    where: str
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Converters: one per format, each `(record, where) -> example`, chosen by dict lookup (FORMATS[kind][name]).
 
-Example = SFTExample | PreferenceExample | RankedExample | PromptExample | UnpairedExample
+Example = SFTExample | TextExample | PreferenceExample | RankedExample | PromptExample | UnpairedExample | StepsExample
 Converter = Callable[[dict, str], Example]
 
 SHAREGPT_ROLES = {"human": "user", "gpt": "assistant", "system": "system"}
@@ -308,7 +329,7 @@ def _margin(record: dict, where: str) -> float | None:
     return float(value)
 
 
-def _label(value: Any, where: str) -> bool:
+def _label(value: Any, where: str, field: str = "label") -> bool:
     """KTO labels arrive as bools, 0/1 (CSV, pandas) or "true"/"false" strings; guessing beyond that hides bugs."""
     if isinstance(value, bool):
         return value
@@ -316,7 +337,7 @@ def _label(value: Any, where: str) -> bool:
         return bool(value)
     if isinstance(value, str) and value.strip().lower() in _LABEL_STRINGS:
         return _LABEL_STRINGS[value.strip().lower()]
-    _fail(where, "label", f'is {_show(value)}, expected true/false, 0/1 or "true"/"false"')
+    _fail(where, field, f'is {_show(value)}, expected true/false, 0/1 or "true"/"false"')
 
 
 def to_prompt_response(record: dict, where: str) -> SFTExample:
@@ -332,6 +353,11 @@ def to_alpaca(record: dict, where: str) -> SFTExample:
         instruction = f"{instruction}\n\n{_string(record, 'input', where)}"
     prompt = _with_system(record, (Message("user", instruction),), where)
     return SFTExample((*prompt, Message("assistant", _string(record, "output", where))), where)
+
+
+def to_text(record: dict, where: str) -> TextExample:
+    """{"text"}: a plain document (continued pretraining, completion-style SFT)."""
+    return TextExample(_string(record, "text", where), where)
 
 
 def to_messages(record: dict, where: str) -> SFTExample:
@@ -451,21 +477,38 @@ def to_unpaired(record: dict, where: str) -> UnpairedExample:
     return UnpairedExample(prompt, completion, _label(_require(record, "label", where), where), where)
 
 
+def to_steps(record: dict, where: str) -> StepsExample:
+    """A process reward model's record: one solution as a list of steps and one correctness label per step."""
+    prompt = _prompt(record, where)
+    steps, labels = _require(record, "steps", where), _require(record, "labels", where)
+    if not (isinstance(steps, list) and steps):
+        _fail(where, "steps", f"must be a non-empty list of step strings, got {_describe(steps)}")
+    if not isinstance(labels, list):
+        _fail(where, "labels", f"must be a list of one label per step, got {_describe(labels)}")
+    if len(labels) != len(steps):
+        _fail(where, "labels", f"has {len(labels)} labels for {len(steps)} steps (one label per step)")
+    texts = tuple(_text(step, f"steps[{i}]", where) for i, step in enumerate(steps))
+    return StepsExample(prompt, texts, tuple(_label(v, where, f"labels[{i}]") for i, v in enumerate(labels)), where)
+
+
 SFT_FORMATS: dict[str, Converter] = {
     "prompt_response": to_prompt_response,
     "alpaca": to_alpaca,
     "messages": to_messages,
+    "text": to_text,
 }
 PREFERENCE_FORMATS: dict[str, Converter] = {"pairwise": to_pairwise, "hh": to_hh}
 RANKED_FORMATS: dict[str, Converter] = {"ranked": to_ranked}
 PROMPT_FORMATS: dict[str, Converter] = {"prompt": to_prompt}
 UNPAIRED_FORMATS: dict[str, Converter] = {"unpaired": to_unpaired}
+STEPS_FORMATS: dict[str, Converter] = {"steps": to_steps}
 FORMATS: dict[str, dict[str, Converter]] = {
     "sft": SFT_FORMATS,
     "preference": PREFERENCE_FORMATS,
     "ranked": RANKED_FORMATS,
     "prompt": PROMPT_FORMATS,
     "unpaired": UNPAIRED_FORMATS,
+    "steps": STEPS_FORMATS,
 }
 
 
@@ -485,6 +528,7 @@ _DETECTORS: dict[str, tuple[tuple[str, str, Callable[[dict], bool]], ...]] = {
         ("messages", "messages or conversations", lambda r: _has(r, "messages") or _has(r, "conversations")),
         ("alpaca", "instruction, output, input?", lambda r: _has(r, "instruction", "output")),
         ("prompt_response", "prompt, response", lambda r: _has(r, "prompt", "response")),
+        ("text", "text", lambda r: _has(r, "text")),
     ),
     "preference": (
         ("hh", 'chosen, rejected as "\\n\\nHuman: ...\\n\\nAssistant: ..." text', _is_hh),
@@ -495,6 +539,7 @@ _DETECTORS: dict[str, tuple[tuple[str, str, Callable[[dict], bool]], ...]] = {
     "unpaired": (
         ("unpaired", "prompt, completion, label", lambda r: _has(r, "prompt", "completion", "label")),
     ),
+    "steps": (("steps", "prompt, steps, labels", lambda r: _has(r, "prompt", "steps", "labels")),),
 }
 
 

@@ -6,7 +6,8 @@ the moment it is read, so any later error can point at it.
 Sources, by what the string is:
 
 - an existing local file ending in ``.jsonl``, ``.json``, ``.parquet`` or ``.csv`` (CSV cells are typed by
-  inference: a column of numbers is read as numbers, empty cells of a number column as null);
+  inference: a column of numbers is read as numbers, empty cells of a number column as null), or ``.txt`` (plain
+  text: one ``{"text"}`` record per paragraph);
 - a string that looks like a path (a known extension, a leading ``/``, ``.`` or ``~``, a backslash, or two or more
   slashes) but names no file: an error, rather than a confusing Hub lookup;
 - anything else: a Hugging Face dataset name, ``datasets.load_dataset(name, subset, split=split)``. Hub names are
@@ -114,11 +115,29 @@ def _read_csv(source: str, path: Path) -> list[Record]:
     return _read_table(source, path, "CSV", pcsv.read_csv)
 
 
+def _read_txt(source: str, path: Path) -> list[Record]:
+    """Plain text: one ``{"text"}`` record per paragraph (runs of lines between blank lines), each named by the
+    line it starts on. Lines keep their own newlines inside a paragraph."""
+    text = _decode(path.read_bytes(), source)
+    records: list[Record] = []
+    lines: list[str] = []
+    start = 0
+    for n, line in enumerate([*text.splitlines(), ""], 1):
+        if line.strip():
+            start = start or n
+            lines.append(line)
+        elif lines:
+            records.append((f"{source} line {start}", {"text": "\n".join(lines)}))
+            lines, start = [], 0
+    return records
+
+
 READERS: dict[str, Callable[[str, Path], list[Record]]] = {
     ".jsonl": _read_jsonl,
     ".json": _read_json,
     ".parquet": _read_parquet,
     ".csv": _read_csv,
+    ".txt": _read_txt,
 }
 
 

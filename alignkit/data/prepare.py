@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from ..config import DataConfig
-from .formats import FORMATS, DataError, SFTExample
+from .formats import FORMATS, DataError, SFTExample, TextExample
 from .loading import load_examples, reject_duplicates, train_eval_split
 from .templates import Tokenized, tokenize_conversation
 
@@ -94,15 +94,54 @@ def _keep_fitting(candidates: Iterable[tuple[list[Tokenized], T, str]], data: Da
     return rows, report
 
 
-def tokenize_sft(examples: Sequence[SFTExample], tokenizer, data: DataConfig, name: str) -> tuple[list[Tokenized], TokenizeReport]:
-    """Tokenize with response-only masks; apply the over-length policy (truncate or drop) and count what happened."""
+def tokenize_text(tokenizer, text: str, max_length: int) -> list[Tokenized]:
+    """A plain document -> chunks of at most ``max_length`` tokens, every token trained.
+
+    The tokenizer adds what it adds to a plain string (Llama's BOS, nothing for Qwen) and its EOS closes the
+    document, so packed documents stay apart. A long document is split, not cut: continued pretraining should
+    see all of it. (A chunk's first token is never predicted, as in any row.)"""
+    ids = list(tokenizer(text)["input_ids"])
+    if tokenizer.eos_token_id is not None and (not ids or ids[-1] != tokenizer.eos_token_id):
+        ids.append(tokenizer.eos_token_id)
+    return [Tokenized(tuple(ids[i : i + max_length]), (1,) * len(ids[i : i + max_length]))
+            for i in range(0, len(ids), max_length)]
+
+
+def tokenize_sft(examples: Sequence[SFTExample | TextExample], tokenizer, data: DataConfig, name: str
+                 ) -> tuple[list[Tokenized], TokenizeReport]:
+    """Tokenize with response-only masks (text records: every token, in max_length chunks); apply the over-length
+    policy (truncate or drop) and count what happened."""
+    if data.overlong == "drop" and examples and isinstance(examples[0], TextExample):
+        raise DataError(f"{examples[0].where}: data.overlong = drop has no effect on text records (a long "
+                        "document is split into data.max_length chunks, never cut or dropped); remove it")
+
     def candidates():
         for example in examples:
+            if isinstance(example, TextExample):
+                for chunk in tokenize_text(tokenizer, example.text, data.max_length):
+                    yield [chunk], chunk, example.where
+                continue
             row = tokenize_conversation(tokenizer, example.messages, loss_on=data.loss_on, max_length=data.max_length,
                                         tools=example.tools)
             yield [row], row, example.where
 
     return _keep_fitting(candidates(), data, name)
+
+
+def sample_prompts(examples: Sequence[SFTExample | TextExample], n: int) -> tuple[list, list[str]]:
+    """The first ``n`` eval examples as (prompts, references) for sample generations: a conversation's turns before
+    its last and that last reply; a text record's opening words (raw text, no template) and the rest."""
+    prompts, references = [], []
+    for example in examples[:n]:
+        if isinstance(example, TextExample):
+            words = example.text.split(" ")
+            cut = max(1, min(len(words) // 2, 32))
+            prompts.append(" ".join(words[:cut]))
+            references.append(" " + " ".join(words[cut:]))
+        else:
+            prompts.append(example.messages[:-1])
+            references.append(example.messages[-1].content)
+    return prompts, references
 
 
 @dataclass(frozen=True)

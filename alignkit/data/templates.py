@@ -14,6 +14,10 @@ its text as Llama 3.2's "pythonic" list, ``[calculator(expression="347 * 28")]``
 JSON); a tool result is a user turn ``<tool_response>\n{result}\n</tool_response>`` (as Qwen's). No new special
 tokens: a tokenizer built before tools existed renders every conversation without tools unchanged.
 
+``model.chat_template: none`` installs ``RAW_TEMPLATE`` instead, for completion models: the messages' strings are
+concatenated as they are, each assistant turn followed by the tokenizer's own EOS, and nothing else is added (no
+markers, no new tokens, the EOS untouched). It is meant for single-turn prompt / response data.
+
 ``<|end|>`` closes every turn and is the end-of-sequence token, so a model trained on it learns to stop. The four
 markers are added to the tokenizer as special tokens when missing (which grows the vocabulary: the model's
 embeddings are resized to match at load time).
@@ -44,6 +48,12 @@ BUILTIN_TEMPLATE = (
     "{{ '<|end|>\n' }}{% endif %}"
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% endif %}"
+)
+
+# model.chat_template: none. No generation prompt: the model continues the prompt's last character.
+RAW_TEMPLATE = (
+    "{% for message in messages %}{{ message['content'] }}"
+    "{% if message['role'] == 'assistant' %}{{ eos_token }}{% endif %}{% endfor %}"
 )
 
 import json  # noqa: E402
@@ -137,7 +147,8 @@ def tokenize_conversation(tokenizer, messages: Conversation, loss_on: str = "ass
                           max_length: int | None = None, tools: str | list | None = None) -> Tokenized:
     """Token ids of the rendered conversation and its response-only loss mask.
 
-    loss_on: "assistant" trains every assistant turn at index >= first_trained; "last_turn" only the last one.
+    loss_on: "assistant" trains every assistant turn at index >= first_trained; "last_turn" only the last one;
+    "all" every token (the prompt and the template's markup too: continued pretraining on dialogues).
     Pieces are tokenized separately and concatenated, so a mask boundary never falls inside a token. ``tools``:
     the record's tool schemas, rendered by the template (tool turns and tool results are context, never trained).
     """
@@ -146,7 +157,7 @@ def tokenize_conversation(tokenizer, messages: Conversation, loss_on: str = "ass
     for text, trained in _segments(tokenizer, messages, first_trained, loss_on == "last_turn", schemas(tools)):
         piece = tokenizer(text, add_special_tokens=False)["input_ids"]
         ids.extend(piece)
-        mask.extend([int(trained)] * len(piece))
+        mask.extend([int(trained or loss_on == "all")] * len(piece))
     truncated = max_length is not None and len(ids) > max_length
     if truncated:
         ids, mask = ids[:max_length], mask[:max_length]

@@ -18,8 +18,9 @@ DATA_SETS = {  # demo:<name> as a data source -> WorldPaths attribute
     "sft": "sft", "prefs": "prefs", "prefs_eval": "prefs_eval", "ranked": "ranked", "kto": "kto",
     "prompts": "prompts_train", "prompts_eval": "prompts_eval", "sft_eval": "sft_eval", "teacher": "teacher",
     "tools_sft": "tools_sft", "tools_prompts": "tools_prompts", "tools_prompts_eval": "tools_prompts_eval",
+    "prm_steps": "prm_steps", "prm_eval": "prm_eval", "prm_prompts": "prm_prompts", "prm_prompts_eval": "prm_prompts_eval",
 }
-MODELS = ("base", "sft", "rm", "base_large", "teacher", "tools_sft")
+MODELS = ("base", "sft", "rm", "base_large", "teacher", "tools_sft", "prm")
 REWARDS = {"demo_gold": "gold_reward", "demo_format": "format_reward"}  # builtin name -> function in demo.world
 
 
@@ -49,7 +50,8 @@ def demo_model(name: str) -> Path:
     """demo:base = the untrained tiny model; demo:sft = it after the demo's SFT run; demo:rm = the demo's reward
     model trained from demo:sft; demo:base_large = a bigger untrained model on the same tokenizer; demo:teacher =
     it after SFT on the world's curated answers; demo:tools_sft = demo:sft after SFT on the tool world's
-    transcripts (each trained on first use)."""
+    transcripts; demo:prm = a process reward model trained from demo:sft on the step world's labelled solutions
+    (each trained on first use)."""
     if name not in MODELS:
         raise ValueError(f'unknown demo model "demo:{name}"; known: {", ".join("demo:" + n for n in MODELS)}')
     path = demo_root() / f"{name}-model"

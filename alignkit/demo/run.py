@@ -22,6 +22,7 @@ from ..config import (
     ModelConfig,
     OnlineDPOConfig,
     PPOConfig,
+    PRMConfig,
     RMConfig,
     SFTConfig,
     validate,
@@ -39,7 +40,7 @@ class Stage:
     @property
     def recipe(self) -> str:
         return {SFTConfig: "sft", RMConfig: "rm", DPOConfig: "dpo", KTOConfig: "kto", GRPOConfig: "grpo",
-                PPOConfig: "ppo", DistillConfig: "distill", OnlineDPOConfig: "online_dpo"}[self.config]
+                PPOConfig: "ppo", DistillConfig: "distill", OnlineDPOConfig: "online_dpo", PRMConfig: "prm"}[self.config]
 
     @property
     def train(self):
@@ -76,6 +77,12 @@ DEMO_STAGES: dict[str, Stage] = {
         "train": {"batch_size": 32, "max_steps": 300, "lr": 1e-3, "warmup_ratio": 0.05},
         "run": {"log_every": 10, "eval_every": 100, "save_every": 100, "threads": 2},
     }, fast_steps=150),
+    "prm": Stage(PRMConfig, {  # demo:prm, on first use (not a stage of the demo pipeline): the step world's PRM
+        "model": {"name_or_path": "demo:sft", "device": "cpu"},
+        "data": {"train": "demo:prm_steps", "eval": "demo:prm_eval", "max_length": 96},
+        "train": {"batch_size": 32, "max_steps": 150, "lr": 1e-3, "warmup_ratio": 0.05},
+        "run": {"log_every": 10, "eval_every": 50, "save_every": 50, "threads": 2},
+    }, fast_steps=60),
     "dpo": Stage(DPOConfig, {
         "model": {"name_or_path": "demo:sft", "device": "cpu"},
         "data": {"train": "demo:prefs", "max_length": 96},

@@ -11,59 +11,25 @@ it the task (the world's SFT data plays the role of a pretraining corpus with mi
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import jinja2
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from ..data.templates import BUILTIN_END, BUILTIN_ROLE_TOKENS, BUILTIN_TEMPLATE
+from ..data.templates import BUILTIN_TEMPLATE
+from ..scratch import build_tokenizer as scratch_tokenizer
 from .world import WorldPaths
 
-PAD = "<|pad|>"
-SPECIAL_TOKENS = (PAD, BUILTIN_END, *BUILTIN_ROLE_TOKENS.values())  # pad is id 0, end (eos) id 1
 VOCAB_SIZE = 384  # 256 byte symbols + 5 specials + ~120 merges: enough for the world's few dozen words
 MAX_POSITIONS = 256  # the longest rendered demo conversation is well under 64 tokens
 
-_SPECIAL_RE = re.compile("|".join(re.escape(t) for t in SPECIAL_TOKENS))
-
 
 def build_tokenizer(texts: Iterable[str], vocab_size: int = VOCAB_SIZE) -> PreTrainedTokenizerFast:
-    """Train a byte-level BPE on ``texts`` and wrap it as a Hugging Face fast tokenizer.
-
-    Byte-level, so any string round-trips exactly (``decode(encode(s)) == s``) and nothing is ever unknown;
-    digits are split one per token first, because a model that sees "13" as "1", "3" can learn carrying, while
-    merged number tokens would each need to be memorised. Special-token strings inside ``texts`` are cut out before
-    training (the trainer would otherwise spend merges on "<|" and "|>"); the template's markers are added whole.
-    """
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Digits(individual_digits=True),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
-    ])
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=list(SPECIAL_TOKENS),
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    pieces = (piece for text in texts for piece in _SPECIAL_RE.split(text) if piece)
-    tok.train_from_iterator(pieces, trainer)
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        pad_token=PAD,
-        eos_token=BUILTIN_END,
-        additional_special_tokens=list(BUILTIN_ROLE_TOKENS.values()),
-        padding_side="right",
-        clean_up_tokenization_spaces=False,  # would rewrite " ." to "." and break the exact round trip
-        model_max_length=MAX_POSITIONS,
-    )
-    tokenizer.chat_template = BUILTIN_TEMPLATE
-    return tokenizer
+    """The demo's byte-level BPE (``scratch.build_tokenizer``: digits one per token, because a model that sees
+    "13" as "1", "3" can learn carrying, while merged number tokens would each need to be memorised)."""
+    return scratch_tokenizer(texts, vocab_size, MAX_POSITIONS)
 
 
 # (hidden, intermediate) per size: "small" is the demo's policy (~0.85M parameters), "large" the teacher it is

@@ -33,6 +33,7 @@ Files written by ``build_world`` (JSONL, one record a line, deterministic given 
     sft_eval.jsonl        {"prompt", "response"}                held-out records like sft.jsonl (perplexity)
     teacher.jsonl         {"prompt", "response"}                curated: always correct and polite (the teacher's data)
     tools_*.jsonl         the tool world (tools_world.py): tool-use transcripts, RL and held-out eval prompts
+    prm_*.jsonl           the step world (prm_world.py): step-labelled "a + b * c" solutions, RL and eval prompts
     world.json            seed, sizes, label_noise and the held-out combinations
 """
 
@@ -226,6 +227,9 @@ class WorldSizes:
     tools_sft: int = 2000  # tool-use transcripts (tools_world.py)
     tools_prompts: int = 512  # RL prompts of the tool world
     tools_eval: int = 100  # held-out tool-world problems
+    prm_steps: int = 2000  # step-labelled solutions of the step world (prm_world.py)
+    prm_eval: int = 200  # step-labelled solutions to its held-out problems
+    prm_prompts: int = 512  # RL prompts of the step world
 
     def __post_init__(self) -> None:
         for name, value in asdict(self).items():
@@ -252,6 +256,10 @@ class WorldPaths:
     tools_sft: Path
     tools_prompts: Path
     tools_prompts_eval: Path
+    prm_steps: Path
+    prm_eval: Path
+    prm_prompts: Path
+    prm_prompts_eval: Path
     meta: Path
 
     @classmethod
@@ -398,6 +406,10 @@ def build_world(out_dir: Path, seed: int = 0, sizes: WorldSizes | None = None, *
 
     tools = tool_files(stream, sizes.tools_sft, sizes.tools_prompts, sizes.tools_eval)
     files.update({getattr(paths, stem): records for stem, records in tools.items()})
+    from .prm_world import prm_files
+
+    steps = prm_files(stream, sizes.prm_steps, sizes.prm_eval, sizes.prm_prompts, seed)
+    files.update({getattr(paths, stem): records for stem, records in steps.items()})
     for path, records in files.items():
         _write_jsonl(path, records)
     meta = {"seed": seed, "sizes": asdict(sizes), "label_noise": label_noise,

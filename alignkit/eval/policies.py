@@ -4,7 +4,8 @@ scored by every reward source, and the models are compared with intervals.
 Per model: each source's mean and std over answers, with a 95% percentile-bootstrap interval over prompts (a
 prompt's score is the mean over its ``eval.samples`` answers); the win rate against ``eval.baseline`` judged by
 ``eval.judge`` (per prompt: 1 win, 0.5 tie, 0 loss; bootstrap interval over prompts); pass@1 / pass@k with
-``eval.pass_threshold``; KL(model || reference) on the model's own answers; perplexity on held-out text; response
+``eval.pass_threshold``; best-of-N with ``eval.rerank_by`` (the judge's score of the answer a reranker, such as a
+process reward model, picks from each prompt's samples, next to a single sample's); KL(model || reference) on the model's own answers; perplexity on held-out text; response
 length, EOS rate, distinct-1/2 and the repetition rate. The same bootstrap seed is used for every model, so the
 intervals are paired over prompts. A blind side-by-side sheet for people (``eval.human_sheet``) and filled sheets
 read back (``eval.ratings``) complete the picture.
@@ -19,6 +20,7 @@ from typing import Any
 
 import torch
 
+from .process import best_of_n
 from .stats import bootstrap_interval, distinct_n, pass_at_k_mean, repetition_rate, win_rate
 from .table import print_table
 
@@ -59,7 +61,7 @@ def eval_policy(cfg) -> dict:
                                                  _per_prompt(answers[baseline], judge, e.samples),
                                                  resamples=e.bootstrap, seed=e.seed)
     summary: dict[str, Any] = {"mode": "policy", "data": cfg.data.train, "prompts": len(examples), "judge": judge,
-                               "baseline": baseline, "samples_per_prompt": e.samples,
+                               "baseline": baseline, "samples_per_prompt": e.samples, "rerank_by": e.rerank_by,
                                "sampling": {"max_new_tokens": e.max_new_tokens, "temperature": e.temperature},
                                "interval": f"95% percentile bootstrap over prompts ({e.bootstrap} resamples)",
                                "models": results}
@@ -137,6 +139,8 @@ def evaluate_model(cfg, model, tokenizer, examples, rewards, reference, judge: s
         if e.samples > 1:
             out[f"pass@{e.samples}"] = pass_at_k_mean(solved, e.samples)
             out[f"mean@{e.samples}"] = out[judge]["mean"]
+    if e.rerank_by is not None:  # best-of-N: the judge's score of the answer the reranker picks per prompt
+        out[f"best_of_{e.samples}"] = best_of_n_figures(rows, e.rerank_by, judge, e.samples, e.bootstrap, e.seed)
     if play.multi_turn:  # episodes in an environment: how the model used its tools
         out["tool_call_rate"] = fmean(float(r["tool_calls"] > 0) for r in rows)
         out["tool_error_rate"] = sum(r["tool_errors"] for r in rows) / max(sum(r["tool_calls"] for r in rows), 1)
@@ -151,6 +155,20 @@ def evaluate_model(cfg, model, tokenizer, examples, rewards, reference, judge: s
     if e.perplexity_data is not None:
         out["perplexity"] = held_out_perplexity(cfg, model, tokenizer)
     return out, rows
+
+
+def best_of_n_figures(rows: list[dict], rerank_by: str, judge: str, samples: int, resamples: int, seed: int) -> dict:
+    """Best-of-N over the answers (prompt order, a prompt's samples together): the judge's mean score of each
+    prompt's answer that ``rerank_by`` scores highest, with its bootstrap interval over prompts, next to a single
+    sample's (the mean over every answer). Marks the picked rows (``picked``) for samples.jsonl."""
+    picks, picked = best_of_n([r[rerank_by] for r in rows], [r[judge] for r in rows], samples)
+    for i, pick in enumerate(picks):
+        for k in range(samples):
+            rows[i * samples + k]["picked"] = k == pick
+    low, high = bootstrap_interval(picked, resamples=resamples, seed=seed)
+    single = fmean(r[judge] for r in rows)
+    return {"mean": fmean(picked), "low": low, "high": high, "single_sample": single, "gain": fmean(picked) - single,
+            "rerank_by": rerank_by, "judge": judge}
 
 
 def _per_prompt(rows: list[dict], label: str, samples: int) -> list[float]:

@@ -33,7 +33,8 @@ from ..batch import SFTBatch
 from ..config import ConfigError, DistillConfig, ModelConfig
 from ..data.cache import cached
 from ..data.collate import pad_batch
-from ..data.prepare import load_split, tokenize_sft
+from ..data.formats import DataError, TextExample
+from ..data.prepare import load_split, sample_prompts, tokenize_sft
 from ..distill_losses import DISTILL_LOSSES, forward_kl, hard_label_nll, reverse_kl, topk_forward_kl
 from ..losses import aggregate, step_denominator
 from ..models import count_parameters, disable_dropout, load_causal_lm, load_tokenizer
@@ -211,6 +212,9 @@ def train(cfg: DistillConfig, resume: str | bool | None = None) -> dict:
     eval_rows, eval_report = cached(tokenize_sft, eval_examples, tokenizer, cfg.data, "eval")
     run.print(train_report.describe("train"))
     run.print(eval_report.describe("eval"))
+    if cfg.distill.on_policy_fraction > 0 and isinstance(train_examples[0], TextExample):
+        raise DataError(f"{train_examples[0].where}: text records have no prompt for the student to answer "
+                        "(distill.on_policy_fraction > 0): use prompt / response or messages records")
     prompts = [last_turn_prompt(r) for r in train_rows]
     eval_prompts = [last_turn_prompt(r) for r in eval_rows]
     topk = topk_eval = None
@@ -293,8 +297,7 @@ def train(cfg: DistillConfig, resume: str | bool | None = None) -> dict:
         if cfg.run.eval_every and step % cfg.run.eval_every == 0 and step != steps:
             run.log.log(step, evaluate(cfg, model, teacher, topk_eval, eval_rows, eval_prompts, engine, pad_id, width, acc.device))
         if cfg.run.sample_every and step % cfg.run.sample_every == 0 and step != steps:
-            sample_rows(run, model, tokenizer, [e.messages[:-1] for e in eval_examples],
-                        [e.messages[-1].content for e in eval_examples], step, cfg.run)
+            sample_rows(run, model, tokenizer, *sample_prompts(eval_examples, cfg.run.num_samples), step, cfg.run)
         if cfg.run.save_every and step % cfg.run.save_every == 0 and step != steps:
             run.checkpoint(step, {}, cfg.run.keep_checkpoints)
         bar.update(1)
@@ -303,8 +306,7 @@ def train(cfg: DistillConfig, resume: str | bool | None = None) -> dict:
     run.checkpoint(steps, {}, cfg.run.keep_checkpoints)
     final_eval = evaluate(cfg, model, teacher, topk_eval, eval_rows, eval_prompts, engine, pad_id, width, acc.device)
     run.log.log(steps, final_eval)
-    sample_rows(run, model, tokenizer, [e.messages[:-1] for e in eval_examples],
-                [e.messages[-1].content for e in eval_examples], steps, cfg.run)
+    sample_rows(run, model, tokenizer, *sample_prompts(eval_examples, cfg.run.num_samples), steps, cfg.run)
     save_final(run, model, tokenizer, cfg.run)
     first = run.log.rows[0] if run.log.rows else {}
     summary = {"steps": steps, "loss": d.loss, "temperature": d.temperature, "on_policy_fraction": d.on_policy_fraction,

@@ -12,7 +12,9 @@ Departures from the papers:
 4. The loss is the mean over all pairs of the optimizer step, whatever the micro-batching.
 5. IPO uses summed log-probs as in the paper's equation (TRL averages per token; say ``loss: ipo`` with a larger
    beta for long responses).
-6. Trust-region DPO (``dpo.reference_update``) moves the reference after each optimizer step (soft) or every
+6. A mixture-of-experts policy with the router loss on (``model.router_aux_loss_coef``) adds coef x the router's
+   load-balancing loss of the policy's forward (Switch Transformer eq. 4), averaged over the step's micro-batches.
+7. Trust-region DPO (``dpo.reference_update``) moves the reference after each optimizer step (soft) or every
    ``reference_every`` steps (hard), on the policy's weights after that step; the moving reference is saved with
    each checkpoint, so a resumed run continues from it.
 """
@@ -40,7 +42,9 @@ from ..models import (
     move_reference,
     reference_cache,
 )
-from ..ops import sequence_logps
+from ..moe import router_aux_coef
+from ..ops import sequence_logps, sequence_logps_aux
+from ..replay import load_replay
 from ..runtime import (
     finish_run,
     micro_step,
@@ -74,6 +78,15 @@ def pair_loss(cfg: DPOConfig, model, batch: SequenceBatch, ref: tuple[torch.Tens
     logps, lengths = sequence_logps(model, batch.input_ids, batch.attention_mask, batch.position_ids, batch.loss_mask,
                                     batch.segments)
     return preference_loss(cfg.dpo, split_pairs(logps), split_pairs(lengths), ref)
+
+
+def moe_pair_loss(cfg: DPOConfig, model, batch: SequenceBatch, ref: tuple[torch.Tensor, torch.Tensor] | None
+                  ) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
+    """``pair_loss`` for a mixture-of-experts policy: also the router load-balancing loss of the same forward
+    (a scalar, over chosen and rejected together), which the loop weighs into the step's objective."""
+    logps, lengths, aux = sequence_logps_aux(model, batch.input_ids, batch.attention_mask, batch.position_ids,
+                                             batch.loss_mask, batch.segments)
+    return (*preference_loss(cfg.dpo, split_pairs(logps), split_pairs(lengths), ref), aux)
 
 
 def preference_loss(dpo: DPOSection, logps: tuple[torch.Tensor, torch.Tensor], lengths: tuple[torch.Tensor, torch.Tensor],
@@ -143,8 +156,9 @@ def train(cfg: DPOConfig, resume: str | bool | None = None) -> dict:
     run = start_run(cfg, "dpo", resume)
     acc = run.accelerator
     tokenizer = load_tokenizer(cfg.model, announce=run.print)
-    model = load_causal_lm(cfg.model, tokenizer, acc.device)
+    model = load_causal_lm(cfg.model, tokenizer, acc.device, router_aux=True)
     model.train()
+    aux_coef = router_aux_coef(model)  # > 0 only for a mixture-of-experts policy with the router loss on
     pad_id = tokenizer.pad_token_id
 
     train_examples, eval_examples = load_split(cfg.data, "preference", cfg.train.seed)
@@ -168,6 +182,8 @@ def train(cfg: DPOConfig, resume: str | bool | None = None) -> dict:
         reference.check_follows(model)
         acc.register_for_checkpointing(reference.model)
 
+    replay = load_replay(cfg.replay, cfg.data, tokenizer, cfg.train.batch_size * cfg.train.grad_accum,
+                         acc.num_processes, cfg.train.seed, run.print)
     model, optimizer, scheduler, steps, start = prepare_training(run, model, cfg.train, len(train_rows))
     if reference is not None and reference.policy is not None:
         reference.policy = model
@@ -190,17 +206,31 @@ def train(cfg: DPOConfig, resume: str | bool | None = None) -> dict:
                                  .to(acc.device), "sum")  # pairs in the step, over every process
         # 2. forward chosen+rejected together, loss per pair, backward
         sums: dict[str, torch.Tensor] = {}
+        aux_sum = torch.zeros((), device=acc.device)
         for i, batch in enumerate(micro):
-            with micro_step(acc, model, last=i == len(micro) - 1):
-                loss, stats = pair_loss(cfg, model, batch, reference_for(cache, "train", reference, batch))
-                ones = torch.ones_like(loss)
-                acc.backward(aggregate(loss, ones, denominator, "seq_mean_token_mean") * acc.num_processes)
+            with micro_step(acc, model, last=i == len(micro) - 1 and replay is None):
+                ref = reference_for(cache, "train", reference, batch)
+                if aux_coef:
+                    loss, stats, aux = moe_pair_loss(cfg, model, batch, ref)
+                    aux_sum += aux.detach()
+                else:
+                    loss, stats = pair_loss(cfg, model, batch, ref)
+                objective = aggregate(loss, torch.ones_like(loss), denominator, "seq_mean_token_mean")
+                if aux_coef:  # + the router's balancing loss, a mean over the step's micro-batches on all ranks
+                    objective = objective + aux_coef / (len(micro) * acc.num_processes) * aux
+                acc.backward(objective * acc.num_processes)
             for key, value in {"loss": loss.detach(), **stats}.items():
                 sums[key] = sums.get(key, 0) + value.float().sum()
+        extra = {"moe/aux_loss": (acc.reduce(aux_sum, "sum") / (len(micro) * acc.num_processes)).item()} if aux_coef else {}
+        if replay is not None:  # + coef * NLL of earlier data, in the step's last (synchronising) micro-step
+            with micro_step(acc, model, last=True):
+                replay_loss, replay_nll = replay.loss(acc, model, step)
+                acc.backward(replay_loss * acc.num_processes)
+            extra["replay/nll"] = replay_nll.item()
         # 3. clip, step, schedule
         grad_norm = acc.clip_grad_norm_(model.parameters(), cfg.train.max_grad_norm or float("inf"))
         means = {k: (acc.reduce(v, "sum") / denominator).item() for k, v in sums.items()}
-        if run.step_is_finite(step, {f"{cfg.dpo.loss} loss": means["loss"], "grad_norm": grad_norm}):
+        if run.step_is_finite(step, {f"{cfg.dpo.loss} loss": means["loss"], "grad_norm": grad_norm, **extra}):
             optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
@@ -211,7 +241,7 @@ def train(cfg: DPOConfig, resume: str | bool | None = None) -> dict:
             elapsed = max(time.time() - clock, 1e-9)
             run.log.log(step, {**{metric_name(k): v for k, v in means.items()},
                                "lr": scheduler.get_last_lr()[0], "grad_norm": float(grad_norm),
-                               "speed/pairs_per_s": pairs_seen / elapsed})
+                               "speed/pairs_per_s": pairs_seen / elapsed, **extra})
             bar.set_postfix(loss=f"{run.log.last('loss/train'):.3f}", acc=f"{run.log.last('accuracy/train'):.2f}")
         if cfg.run.eval_every and step % cfg.run.eval_every == 0 and step != steps:
             run.log.log(step, evaluate(cfg, model, eval_rows, cache, reference, pad_id, acc.device))

@@ -20,6 +20,9 @@ Departures from the papers (numbered, as they matter when reading curves):
 8. In an environment (``environment:``), a group is G episodes of one prompt; the score is the episode's end
    reward plus its per-turn rewards, and every term (policy loss, KL, entropy) counts the policy's own tokens
    only: tool results and other environment tokens are context.
+9. ``advantage: process`` (DeepSeekMath's process supervision) gives per-token advantages from a process reward
+   model's step scores; the rest of the score (other sources, the no-EOS penalty) adds its GRPO advantage to every
+   token, where the paper has the process rewards alone.
 """
 
 from __future__ import annotations
@@ -30,10 +33,11 @@ from typing import Any
 
 import torch
 
-from ..advantages import ADVANTAGES, zero_spread_groups
+from ..advantages import ADVANTAGES, process_advantages, zero_spread_groups
 from ..config import GRPOConfig
 from ..losses import POLICY_LOSSES, aggregate, engine_correction, step_denominator
 from ..ops import kl_estimate, response_logps
+from ..replay import Replay, load_replay
 from ..rollout.core import (
     Rollout,
     chunks_of,
@@ -57,10 +61,13 @@ class Setup(RLSetup):
     scheduler: Any = None
     steps: int = 0
     start: int = 0
+    replay: Replay | None = None  # PPO-ptx's pretraining / SFT term (replay:)
 
 
 def set_up(run: Run, cfg: GRPOConfig) -> Setup:
     s = Setup(**vars(load_rl(run, cfg, with_reference=cfg.grpo.beta > 0)))  # no reference at all when beta = 0
+    s.replay = load_replay(cfg.replay, cfg.data, s.tokenizer, cfg.train.batch_size, run.accelerator.num_processes,
+                           cfg.train.seed, run.print)
     policy, s.optimizer, s.scheduler, s.steps, s.start = prepare_training(run, s.policy, cfg.train, len(s.train[0]))
     s.ready(cfg, policy)
     return s
@@ -77,22 +84,24 @@ def describe(cfg: GRPOConfig, s: Setup, world: int) -> str:
 
 
 def update(run, step: int, cfg: GRPOConfig, s: Setup, r: Rollout, advantages, mask, old_logps, ref_logps,
-           chunks) -> tuple[dict[str, torch.Tensor], float]:
+           chunks) -> tuple[dict[str, torch.Tensor], float, dict[str, float]]:
     """mu optimizer steps, each over this process's rows of the rollout in micro-batches, the loss aggregated over
-    the step's global count. Every tensor is indexed by global row. Returns summed stats (this process's share,
-    averaged over the mu passes) and the last gradient norm."""
+    the step's global count (plus the replay term, when on, as the last micro-step). Every tensor is indexed by
+    global row. Returns summed stats (this process's share, averaged over the mu passes), the last gradient norm
+    and figures already global (the replay NLL)."""
     acc, mu, temperature, model, sampling = run.accelerator, cfg.grpo.num_iterations, cfg.sampling.temperature, s.policy, cfg.sampling
     denominator = acc.reduce(step_denominator([mask[c] for c in chunks], cfg.grpo.aggregation,
                                               s.play.token_budget(cfg.sampling.max_new_tokens)).to(acc.device), "sum")
     sums: dict[str, torch.Tensor] = {}
-    for _ in range(mu):
+    replay_nll = 0.0
+    for k in range(mu):
         pass_loss = torch.zeros((), device=acc.device)
         for i, chunk in enumerate(chunks):
-            with micro_step(acc, model, last=i == len(chunks) - 1):
+            with micro_step(acc, model, last=i == len(chunks) - 1 and s.replay is None):
                 sub, sub_mask = r.batch.select(chunk), mask[chunk]
                 logps, entropy = response_logps(model, sub, temperature, with_entropy=True)
                 old = old_logps[chunk] if old_logps is not None else logps.detach()
-                adv = advantages[chunk].unsqueeze(-1).expand_as(logps)
+                adv = advantages[chunk] if advantages.dim() == 2 else advantages[chunk].unsqueeze(-1).expand_as(logps)
                 per_token, stats = POLICY_LOSSES[cfg.grpo.ratio](logps, old, adv, sub_mask, **cfg.grpo.loss_knobs)
                 if sampling.correction != "none":
                     weight, mismatch = engine_correction(old, r.sample_logps[chunk], sub_mask, sampling.correction,
@@ -110,11 +119,27 @@ def update(run, step: int, cfg: GRPOConfig, s: Setup, r: Rollout, advantages, ma
             pass_loss += loss.detach()
             for key, value in {"loss": loss.detach(), **stats}.items():
                 sums[key] = sums.get(key, 0.0) + value.sum() / mu
+        if s.replay is not None:  # PPO-ptx: + coef * NLL of earlier data, in the last (synchronising) micro-step
+            with micro_step(acc, model, last=True):
+                replay_loss, nll = s.replay.loss(acc, model, (step - 1) * mu + k + 1)
+                acc.backward(replay_loss * acc.num_processes)
+            replay_nll += nll.item() / mu
         grad_norm = acc.clip_grad_norm_(model.parameters(), cfg.train.max_grad_norm or float("inf"))
         if run.step_is_finite(step, {"policy loss": acc.reduce(pass_loss, "sum"), "grad_norm": grad_norm}):
             s.optimizer.step()
         s.optimizer.zero_grad(set_to_none=True)
-    return sums, float(grad_norm)
+    return sums, float(grad_norm), {"replay/nll": replay_nll} if s.replay is not None else {}
+
+
+def advantages_of(cfg: GRPOConfig, r: Rollout, keep: torch.Tensor) -> torch.Tensor:
+    """(B,) one advantage per response; under ``advantage: process`` (B, R) per token: the process reward models'
+    step scores normalised over each group's steps (DeepSeekMath 4.1.3), plus GRPO's advantage of the rest of the
+    score (the other sources, the no-EOS penalty), the same on every token of a response."""
+    g = cfg.grpo.group_size
+    if cfg.grpo.advantage != "process":
+        return ADVANTAGES[cfg.grpo.advantage](r.score, g, 1e-6, keep)
+    outcome = ADVANTAGES["grpo"](r.outcome_score, g, 1e-6, keep)
+    return outcome.unsqueeze(-1) + process_advantages(r.step_rewards, r.step_ends, g)
 
 
 def step_metrics(acc, r: Rollout, sums: dict, mask, keep, flat_groups, extra: dict[str, float]) -> dict[str, float]:
@@ -171,7 +196,7 @@ def train(cfg: GRPOConfig, resume: str | bool | None = None) -> dict:
             keep &= ~flat_groups.repeat_interleave(g)
         if cfg.grpo.mask_truncated:
             keep &= r.batch.finished
-        advantages = ADVANTAGES[cfg.grpo.advantage](r.score, g, 1e-6, keep)
+        advantages = advantages_of(cfg, r, keep)
         mask = r.batch.response_mask * keep.unsqueeze(-1)
         chunks = chunks_of(range(r.local.start, r.local.stop), cfg.grpo.micro_batch_size)
         old_logps = rows_logps(acc, policy_logps(s.policy, temperature), r.batch, chunks) if mu > 1 else None
@@ -179,7 +204,7 @@ def train(cfg: GRPOConfig, resume: str | bool | None = None) -> dict:
                      if s.reference is not None else None)
 
         # 3. update: mu optimizer steps, each over the whole rollout batch; then the engine gets the new weights
-        sums, grad_norm = update(run, step, cfg, s, r, advantages, mask, old_logps, ref_logps, chunks)
+        sums, grad_norm, figures = update(run, step, cfg, s, r, advantages, mask, old_logps, ref_logps, chunks)
         s.scheduler.step()
         s.engine.sync(s.policy)
         t_train = time.time() - clock
@@ -190,7 +215,7 @@ def train(cfg: GRPOConfig, resume: str | bool | None = None) -> dict:
             run.log.log(step, step_metrics(acc, r, sums, mask, keep, flat_groups, {
                 "lr": s.scheduler.get_last_lr()[0], "grad_norm": grad_norm, "time/generate_s": r.seconds["generate"],
                 "time/score_s": r.seconds["score"], "time/train_s": t_train,
-                "speed/tokens_per_s": tokens_total / max(time.time() - train_clock, 1e-9)}))
+                "speed/tokens_per_s": tokens_total / max(time.time() - train_clock, 1e-9), **figures}))
             bar.set_postfix(reward=f"{r.score.mean().item():.3f}")
         if (cfg.run.sample_every and step % cfg.run.sample_every == 0) or step == steps:
             run.log.add_samples(step, [{"prompt": r.examples[i].prompt[-1].content,

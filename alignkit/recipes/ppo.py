@@ -24,6 +24,9 @@ Departures from InstructGPT / Ziegler et al.:
 7. In an environment (``environment:``), the critic values the policy's own tokens only and GAE steps from one
    policy token to the next across the environment's replies (context, not actions); an environment's per-turn
    rewards land on each turn's last token, its end reward (with the reward sources') on the episode's last.
+8. A process reward model source (``process_reward_model``) rewards each step on the token where the step ends (the
+   last step on the response's last token), as Math-Shepherd's step-by-step PPO, instead of adding its aggregate
+   to the sequence score; its step scores (probabilities) are not normalised or clipped.
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ from ..models import (
     token_values,
 )
 from ..ops import explained_variance, kl_estimate, masked_mean, masked_whiten, response_logps
+from ..replay import Replay, load_replay
 from ..rollout.core import (
     Rollout,
     chunks_of,
@@ -98,12 +102,15 @@ class Setup(RLSetup):
     steps: int = 0
     per_step: int = 0  # optimizer steps per rollout step
     state: dict[str, Any] = field(default_factory=dict)  # the restored trainer state ({"step": 0} when fresh)
+    replay: Replay | None = None  # PPO-ptx's pretraining / SFT term (replay:)
 
 
 def set_up(run: Run, cfg: PPOConfig) -> Setup:
     acc, p = run.accelerator, cfg.ppo
     require_divisible(acc.num_processes, {"ppo.mini_batch_size": p.mini_batch_size})
     s = Setup(**vars(load_rl(run, cfg, with_reference=True)))
+    s.replay = load_replay(cfg.replay, cfg.data, s.tokenizer, p.mini_batch_size, acc.num_processes, cfg.train.seed,
+                           run.print)
     critic = load_critic(cfg, s.policy, s.tokenizer, acc.device, acc.num_processes)
     disable_dropout(critic)  # values at rollout time and update time must agree
     critic.train()
@@ -130,9 +137,10 @@ def describe(cfg: PPOConfig, s: Setup) -> str:
 
 def shaped_scores(cfg: PPOConfig, r: Rollout, moments: RunningMoments) -> torch.Tensor:
     """The whole batch's sequence scores as PPO optimises them: the rollout's score (reward sources less the
-    no-EOS penalty), less the length penalty, normalised, clipped. (B,)"""
+    no-EOS penalty; a process reward model's steps are rewarded on their tokens instead), less the length penalty,
+    normalised, clipped. (B,)"""
     p = cfg.ppo
-    scores = r.end_score - p.length_penalty * r.lengths.float()
+    scores = r.outcome_score - p.length_penalty * r.lengths.float()
     if p.reward_norm == "running":
         moments.update(scores)
         scores = moments.normalise(scores)
@@ -151,7 +159,8 @@ def update(run, step: int, cfg: PPOConfig, s: Setup, r: Rollout, mask, old_logps
     actor, critic, world, rank = s.policy, s.critic, acc.num_processes, acc.process_index
     trained = list(zip(s.optimizers, s.schedulers))[0 if train_actor else 1 :]
     sums: dict[str, torch.Tensor] = {}
-    glob: dict[str, float] = {"policy_loss": 0.0, "value_loss": 0.0, "updates": 0}
+    glob: dict[str, float] = {"policy_loss": 0.0, "value_loss": 0.0, "updates": 0, "replay_nll": 0.0}
+    ptx = s.replay if train_actor else None  # PPO-ptx trains the actor: not during the critic's warm-up
     for epoch in range(p.ppo_epochs):
         order = torch.randperm(mask.shape[0], generator=torch.Generator().manual_seed(
             (cfg.train.seed * 1_000_003 + step) * 101 + epoch)).tolist()
@@ -162,7 +171,7 @@ def update(run, step: int, cfg: PPOConfig, s: Setup, r: Rollout, mask, old_logps
             losses = torch.zeros(2, device=acc.device)
             for i, rows in enumerate(micro):
                 sub, sub_mask = r.batch.select(rows), mask[rows]
-                with micro_step(acc, actor, critic, last=i == len(micro) - 1):
+                with micro_step(acc, actor, critic, last=i == len(micro) - 1 and ptx is None):
                     stats: dict[str, torch.Tensor] = {}
                     if train_actor:
                         logps, entropy = response_logps(actor, sub, temperature, with_entropy=True)
@@ -186,6 +195,11 @@ def update(run, step: int, cfg: PPOConfig, s: Setup, r: Rollout, mask, old_logps
                     sums[key] = sums.get(key, 0.0) + value.sum()
                 if stats:
                     sums["ratio_max"] = torch.maximum(sums.get("ratio_max", stats["ratio"].max()), stats["ratio"].max())
+            if ptx is not None:  # + coef * NLL of pretraining / SFT data, in the last (synchronising) micro-step
+                with micro_step(acc, actor, critic, last=True):
+                    replay_loss, nll = ptx.loss(acc, actor, (step - 1) * s.per_step + glob["updates"] + 1)
+                    acc.backward(replay_loss * world)
+                glob["replay_nll"] += nll.item()
             losses = acc.reduce(losses, "sum")
             grads = {f"grad_norm/{name}": acc.clip_grad_norm_(model.parameters(), cfg.train.max_grad_norm or float("inf"))
                      for name, model in (("actor", actor), ("critic", critic)) if name == "critic" or train_actor}
@@ -218,6 +232,7 @@ def step_metrics(acc, cfg: PPOConfig, r: Rollout, sums: dict, glob: dict, scores
         "advantage/std": masked_mean((advantages - adv_mean) ** 2, mask).sqrt().item(),
         "length/mean": r.lengths.float().mean().item(), "eos_rate/train": r.batch.finished.float().mean().item(),
         "grad_norm/critic": glob["grad_norm/critic"],
+        **({"replay/nll": glob["replay_nll"] / glob["updates"]} if cfg.replay.data and "entropy" in sums else {}),
         **{f"mismatch/{k}": masked_mean(v, mask).item() for k, v in mismatch.items()}, **episode_metrics(r), **extra}
     if "entropy" in totals:  # the actor trained this step (not in the critic's warm-up)
         metrics.update({"loss/policy": glob["policy_loss"] / glob["updates"], "entropy": totals["entropy"] / n_tokens,
@@ -270,6 +285,8 @@ def train(cfg: PPOConfig, resume: str | bool | None = None) -> dict:
         token_rewards = kl_shaped_rewards(scores, kl, mask, 0.0 if p.kl_in_loss else kl_coef)
         if r.turn_rewards is not None:  # an environment's per-turn rewards, on each turn's last token
             token_rewards = token_rewards + r.turn_rewards * mask
+        if r.step_rewards is not None:  # a process reward model's step scores, on each step's last token
+            token_rewards = token_rewards + r.step_rewards * mask
         advantages, returns = gae(token_rewards, old_values, mask, p.gamma, p.lam)
         if p.whiten_advantages:
             advantages = masked_whiten(advantages, mask)

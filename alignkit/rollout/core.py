@@ -18,9 +18,10 @@ from torch import Tensor
 
 from ..batch import RolloutBatch
 from ..config import DataConfig
+from ..data.steps import token_at
 from ..data.templates import tokenize_prompt
 from ..ops import response_logps
-from ..rewards import RewardSet, fields_of
+from ..rewards import RewardSet, Scored, StepScores, fields_of
 from ..sampling import SamplingParams, rollout_batch
 from .env import Environment, Play
 from .episodes import Episode, run_episodes
@@ -50,10 +51,18 @@ class Rollout:
     turn_rewards: Tensor | None = None  # (B, R) an environment's per-turn rewards at each turn's last token
     episodes: dict[str, Tensor] | None = None  # (B,) per episode: turns, tool_calls, tool_errors
     transcripts: tuple[str, ...] = ()  # (B,) every turn after the prompt, decoded (multi-turn episodes)
+    step_rewards: Tensor | None = None  # (B, R) process reward models' weighted step scores, each on its step's end
+    step_ends: Tensor | None = None  # (B, R) bool, True on the tokens where a scored step ends
+    process_part: Tensor | None = None  # (B,) the process reward models' weighted step_aggregate scores (in total)
 
     @property
     def end_score(self) -> Tensor:  # (B,) the reward at the episode's end: total - penalty
         return self.total - self.penalty
+
+    @property
+    def outcome_score(self) -> Tensor:  # (B,) end_score less the process reward models' part: what is left of the
+        #                                 score where their step scores are rewarded on the steps' tokens instead
+        return self.end_score if self.process_part is None else self.end_score - self.process_part
 
     @property
     def score(self) -> Tensor:  # (B,) what the policy is trained to raise: the end score plus any per-turn rewards
@@ -144,7 +153,8 @@ def collect(acc, engine, model, examples: Sequence, prompt_ids: Sequence[Sequenc
     episodes = run_episodes(engine, model, play, examples, prompt_ids, params, seeds)
     gens = [e.generation for e in episodes]
     seconds = {"generate": time.time() - clock}
-    total, parts = score_episodes(rewards, play.env, examples, episodes)
+    scored = score_episodes(rewards, play.env, examples, episodes)
+    total, parts = scored.total, scored.parts
     seconds["score"] = time.time() - clock - seconds["generate"]
     everyone = gather_list(acc, gens)
     batch = rollout_batch(everyone, engine.tokenizer.pad_token_id).to(acc.device)
@@ -167,23 +177,53 @@ def collect(acc, engine, model, examples: Sequence, prompt_ids: Sequence[Sequenc
         counts = gather_rows(acc, counts.to(acc.device))
         stats = {"turns": counts[:, 0], "tool_calls": counts[:, 1], "tool_errors": counts[:, 2]}
         transcripts = tuple(gather_list(acc, [engine.tokenizer.decode(g.response_ids) for g in gens]))
-    return Rollout(batch=batch, sample_logps=sample_logps.to(acc.device),
-                   rewards={k: gather_rows(acc, v.to(acc.device).float()) for k, v in parts.items()}, total=total,
+    gathered = {k: gather_rows(acc, v.to(acc.device).float()) for k, v in parts.items()}
+    step_rewards, step_ends, process_part = None, None, None
+    if scored.steps:  # process reward models: each step's score on the token where the step ends
+        placed = gather_list(acc, place_steps(engine.tokenizer, gens, scored.steps))
+        step_rewards = torch.zeros(batch.response_mask.shape)
+        step_ends = torch.zeros(batch.response_mask.shape, dtype=torch.bool)
+        for row, items in enumerate(placed):
+            for index, value in items:
+                step_rewards[row, index] += value
+                step_ends[row, index] = True
+        step_rewards, step_ends = step_rewards.to(acc.device), step_ends.to(acc.device)
+        process_part = sum(weight * gathered[label] for label, (weight, _) in scored.steps.items())
+    return Rollout(batch=batch, sample_logps=sample_logps.to(acc.device), rewards=gathered, total=total,
                    penalty=missing_eos_penalty * (~batch.finished).float(), texts=tuple(g.text for g in everyone),
                    examples=tuple(gather_list(acc, list(examples))), local=slice(first, first + len(gens)),
-                   seconds=seconds, turn_rewards=turn_rewards, episodes=stats, transcripts=transcripts)
+                   seconds=seconds, turn_rewards=turn_rewards, episodes=stats, transcripts=transcripts,
+                   step_rewards=step_rewards, step_ends=step_ends, process_part=process_part)
 
 
-def score_episodes(rewards: RewardSet, env: Environment, examples: Sequence, episodes: Sequence[Episode]
-                   ) -> tuple[Tensor, dict[str, Tensor]]:
+def place_steps(tokenizer, gens: Sequence, steps: dict[str, tuple[float, list[StepScores]]]
+                ) -> list[list[tuple[int, float]]]:
+    """Per response: (token index, weighted score) of every step of every process reward model. A step's score
+    lands on the response token that holds its end (its separator's last character); the last step's on the
+    response's last token, where an outcome score lands, so every token of the response lies before a step end."""
+    out = []
+    for row, g in enumerate(gens):
+        last, items = len(g.response_ids) - 1, []
+        for weight, per_response in steps.values():
+            ends, scores = per_response[row].ends, per_response[row].scores
+            for k, (end, score) in enumerate(zip(ends, scores)):
+                index = last if k == len(ends) - 1 else min(token_at(tokenizer, g.response_ids, end), last)
+                items.append((index, weight * score))
+        out.append(items)
+    return out
+
+
+def score_episodes(rewards: RewardSet, env: Environment, examples: Sequence, episodes: Sequence[Episode]) -> Scored:
     """Every reward source on each episode's last assistant turn, plus the environment's own end reward (the
-    source "environment", when it gives one): ((N,) weighted total, label -> (N,) scores)."""
-    total, parts = rewards([e.prompt for e in examples], [e.text for e in episodes], fields_of(examples))
+    source "environment", when it gives one): the (N,) weighted total, label -> (N,) scores, and the process
+    reward models' step scores."""
+    scored = rewards.score([e.prompt for e in examples], [e.text for e in episodes], fields_of(examples))
+    total, parts = scored.total, scored.parts
     own = [env_reward(env, e, x) for e, x in zip(episodes, examples)]
     if any(v is not None for v in own):
         parts["environment"] = torch.tensor([v or 0.0 for v in own])
         total = total + parts["environment"]
-    return total, parts
+    return Scored(total, parts, scored.steps)
 
 
 def env_reward(env: Environment, episode: Episode, example) -> float | None:

@@ -68,7 +68,8 @@ def answer(engine, model, examples: Sequence, prompt_ids: Sequence[Sequence[int]
 
     play = play or Play()
     episodes = run_episodes(engine, model, play, examples, prompt_ids, params, seeds)
-    total, parts = score_episodes(rewards, play.env, examples, episodes)
+    scored = score_episodes(rewards, play.env, examples, episodes)
+    total, parts = scored.total, scored.parts
     if extra is not None:
         parts.update(extra([e.prompt for e in examples], [e.text for e in episodes], fields_of(examples))[1])
     return episodes, total, parts
