@@ -20,6 +20,16 @@ def demo_dir(tmp_path_factory) -> Path:
     return path
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """For modules of tiny models (``pytestmark = pytest.mark.usefixtures("one_thread")``): they run as fast on one
+    thread as on two, and leave the other core to the rest."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def demo_base(demo_dir) -> Path:
     from alignkit.demo.assets import demo_model

@@ -34,13 +34,7 @@ KNOBS = {"lora": {"lora_r": 4, "lora_alpha": 8}, "dora": {"lora_r": 4, "lora_alp
 
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Models this small run faster on one thread than on two (and leave the other core to the rest)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory, demo_tokenizer):

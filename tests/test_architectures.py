@@ -10,6 +10,7 @@ import pytest
 from alignkit.cli import main
 from alignkit.scratch import ARCHITECTURES, init_model
 
+pytestmark = pytest.mark.usefixtures("one_thread")
 LINES = [f"what is {a} plus {b}? it is {a + b}." for a in range(2, 9) for b in range(3, 7)]
 
 

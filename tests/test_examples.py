@@ -1,6 +1,7 @@
 """Every example config validates, and runs for two steps on the demo (so README commands do not rot)."""
 
 import importlib.util
+import json
 from pathlib import Path
 
 import pytest
@@ -52,9 +53,22 @@ SHORT = {"sft": ["train.max_steps=2"], "rm": ["train.max_steps=2"], "dpo": ["tra
                       "run.sample_max_new_tokens=4"]}
 
 
+@pytest.fixture(scope="module")
+def quick_prm(tmp_path_factory, demo_sft) -> str:
+    """A process reward model trained for two steps on a slice of the step world (the mechanics of the examples
+    that score with one; demo:prm itself takes 20 s to train on first use)."""
+    from multiproc import small_data
+
+    folder = tmp_path_factory.mktemp("prm")
+    data = small_data("prm", folder / "data", n_train=32)
+    assert main(["prm", "examples/prm.yaml", *SHORT["prm"], "train.batch_size=4", "run.progress=false",
+                 *(f"data.{k}={v}" for k, v in data.items()), f"run.output_dir={folder / 'run'}"]) == 0
+    return str(folder / "run" / "final")
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("path", EXAMPLES, ids=[p.stem for p in EXAMPLES])
-def test_example_runs_two_steps(path, tmp_path, demo_sft):
+def test_example_runs_two_steps(path, tmp_path, demo_sft, request):
     recipe = recipe_for(path)
     extra = [] if recipe == "eval" else ["run.eval_every=0", "run.save_every=0", "run.sample_every=0",
                                          "run.progress=false"]
@@ -74,6 +88,12 @@ def test_example_runs_two_steps(path, tmp_path, demo_sft):
         moe = init_model("examples/data/arithmetic_notes.txt", tmp_path / "moe", "mixtral", vocab_size=400, hidden=32,
                          layers=2, heads=4)
         extra.append(f"model.name_or_path={moe}")
+    if path.stem == "dpo_replay":  # a slice of the replayed SFT data too
+        extra.append(f"replay.data={small_data('sft', tmp_path / 'replay', n_train=32)['train']}")
+    if path.stem in ("grpo_prm", "eval_best_of_n"):  # the quick PRM stands in for demo:prm (20 s on first use)
+        rewards = [dict(r, process_reward_model=request.getfixturevalue("quick_prm")) if "process_reward_model" in r
+                   else r for r in yaml.safe_load(path.read_text())["rewards"]]
+        extra.append(f"rewards={json.dumps(rewards)}")
     if path.stem.endswith("_vllm") and not HAS_VLLM:  # the same run on the hf engine; test_engines covers vllm
         extra += ["sampling.engine=auto", "train.mixed_precision=no"]
     args = [recipe, str(path), *SHORT.get(path.stem, SHORT[recipe]), *extra, f"run.output_dir={tmp_path / 'run'}"]

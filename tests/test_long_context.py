@@ -8,14 +8,7 @@ from alignkit.config import ConfigError, ModelConfig, SFTConfig, load_config
 from alignkit.long_context import advice_for, attention_problem, long_context_advice, rope_parameters
 from alignkit.models import load_causal_lm
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Models this small run faster on one thread than on two (and leave the other core to the rest)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 def test_rope_parameters_keep_the_model_theta_and_fill_yarn_length():
     current = {"rope_theta": 500000.0, "rope_type": "default", "partial_rotary_factor": 0.5}

@@ -38,13 +38,7 @@ def save_tiny(folder, config, tokenizer):
 
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Models this small run faster on one thread than on two (and leave the other core to the rest)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 @pytest.fixture(scope="module")
 def mixtral(tmp_path_factory, demo_tokenizer):
